@@ -1,0 +1,46 @@
+# drivelab: `make run` runs the main job, `make test` the tests. Both create .venv/ and install on their own.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+SCENES ?= synthetic
+RUN_DIR ?= runs/latest
+PYTEST_ARGS ?=
+export JAX_PLATFORMS ?= cpu
+export PROMETHEUS_DISABLE_CREATED_SERIES := True
+
+.PHONY: install run test test-fast bench up down lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: install
+	$(BIN)/drivelab demo --scenes $(SCENES) --out $(RUN_DIR)
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 --timeout 900 $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/drivelab bench sim --out benchmarks/results/sim.json
+	$(BIN)/drivelab bench wire --out benchmarks/results/wire.json
+
+up: install
+	$(BIN)/drivelab up
+
+down:
+	-pkill -f "drivelab up" || true
+
+lint: install
+	$(BIN)/python -m compileall -q shared services tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

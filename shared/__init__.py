@@ -1,0 +1,1 @@
+"""drivelab's common library: scenes, simulator, networks, algorithms, replay, wire and telemetry."""
