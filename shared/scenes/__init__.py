@@ -1,6 +1,6 @@
-"""Scenes: the Scenario pytree, padding to fixed caps, readers, the synthetic generator and rendering."""
+"""Scenes: the Scenario pytree, padding to fixed caps, readers, native shards, the synthetic generator, rendering."""
 
-from shared.scenes import gpudrive, padding, types
+from shared.scenes import dataset, gpudrive, native, padding, types
 from shared.scenes.gpudrive import SceneError, read_scene
 from shared.scenes.padding import RawScene, pad_scene
 from shared.scenes.types import SceneConfig, SceneMeta, Scenario, stack, unstack
