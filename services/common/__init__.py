@@ -1,0 +1,1 @@
+"""Code shared by the service processes (may import shared.scenes and jax, unlike shared.wire)."""

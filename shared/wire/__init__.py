@@ -1,0 +1,7 @@
+"""The wire: msgpack header + raw array frames, one schema module, one endpoint registry, ZeroMQ transport.
+
+Never imports jax (services that only move bytes stay light).
+"""
+
+from shared.wire import codec, flow, registry, schemas, transport
+from shared.wire.codec import DecodeError, Limits, Message, decode, encode
