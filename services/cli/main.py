@@ -15,8 +15,9 @@ import sys
 # group -> modules that add subcommands to it (None: top-level commands).
 COMMAND_MODULES: dict[str | None, tuple[str, ...]] = {
     "scenes": ("services.cli.scenes_io", "services.cli.scenes_synth", "services.cli.scenes_replay"),
-    "bench": ("services.cli.bench_sim", "services.cli.bench_wire", "services.cli.bench_stack"),
-    None: ("services.cli.demo", "services.cli.stack_cmd", "services.cli.eval_cmd"),
+    "bench": ("services.cli.bench_sim", "services.cli.bench_wire", "services.cli.bench_stack",
+              "services.cli.bench_learn"),
+    None: ("services.cli.demo", "services.cli.stack_cmd", "services.cli.eval_cmd", "services.cli.train_cmd"),
 }
 GROUP_HELP = {
     "scenes": "inspect, convert, generate, render and replay driving scenes",

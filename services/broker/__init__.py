@@ -1,0 +1,1 @@
+"""The broker: scene batches (credit broker) and the inference load balancer."""

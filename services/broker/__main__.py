@@ -1,0 +1,7 @@
+"""`python -m services.broker` = `drivelab serve broker`."""
+
+import sys
+
+from services.broker import service
+
+sys.exit(service.main())

@@ -1,0 +1,44 @@
+"""Broker settings. Env vars are read here and nowhere else in the service; CLI flags override them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Mapping, Sequence
+
+from services.common import runtime
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerConfig:
+  """Attributes:
+    scene_window: scene batches each scene_loader may have in flight toward the broker [DRIVELAB_BROKER_SCENE_WINDOW].
+    inference_slots: requests in flight per inference worker [DRIVELAB_BROKER_INFERENCE_SLOTS].
+    max_pending_requests: act requests queued while no worker has a free slot; beyond it requests are refused
+      (dropped and counted; the simulator's request times out and is retried).
+    poll_ms: poll timeout of the event loop.
+  """
+
+  scene_window: int = 2
+  inference_slots: int = 8
+  max_pending_requests: int = 256
+  poll_ms: int = 5
+
+
+ENV = {"scene_window": "DRIVELAB_BROKER_SCENE_WINDOW", "inference_slots": "DRIVELAB_BROKER_INFERENCE_SLOTS"}
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="drivelab serve broker")
+  runtime.add_args(p, runtime.CommonConfig)
+  runtime.add_args(p, BrokerConfig)
+  return p
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+         ) -> tuple[BrokerConfig, runtime.CommonConfig]:
+  env = os.environ if env is None else env
+  args = parser().parse_args(argv)
+  cfg = runtime.merge(BrokerConfig, runtime.typed_from_env(BrokerConfig, env, ENV), args)
+  return cfg, runtime.common_from_env(env, args)

@@ -1,0 +1,167 @@
+"""Broker: the two links whose both ends scale (DESIGN.md "Wire contract": a small broker in front).
+
+Scenes (credit broker): scene_loaders' DEALER producers -> `scenes_in` ROUTER (credit window per loader);
+`scenes` ROUTER -> simulators' and the evaluator's DEALER consumers, each sent batches only against its credits.
+At most one batch waits inside the broker, so flow control reaches from the last simulator back to the loaders.
+
+Inference (the ZeroMQ load-balancing broker pattern): simulators' `transport.Client` DEALERs -> `act` ROUTER
+(frontend); inference workers' DEALERs -> `act_backend` ROUTER. A worker says "ready" (Heartbeat status "ready")
+and gets `inference_slots` slots; the broker hands it [client id, *request] while it has a free slot, and routes
+its [client id, *reply] back. Requests wait in a bounded queue while every worker is busy. Every message is decoded
+(and counted when malformed) but forwarded as the original frames.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import zmq
+
+from services.broker import config as config_lib
+from services.common import runtime
+from shared.wire import codec, flow, transport
+
+log = logging.getLogger(__name__)
+_NO_ROUTE = (zmq.EHOSTUNREACH, zmq.EAGAIN)
+
+
+@dataclasses.dataclass
+class Links:
+  """Attributes: scenes_in (flow.CreditConsumer, ROUTER), scenes (flow.CreditProducer, ROUTER),
+  act_front, act_back (zmq ROUTER sockets)."""
+
+  scenes_in: Any
+  scenes: Any
+  act_front: Any
+  act_back: Any
+
+
+class Broker:
+  """Moves scene batches by credit and balances act requests over inference workers."""
+
+  def __init__(self, cfg: config_lib.BrokerConfig, rt: runtime.Runtime, links: Links):
+    self.cfg, self.rt, self.links = cfg, rt, links
+    self.pending_scene: codec.Message | None = None
+    self.scenes_forwarded = 0
+    self.free: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # worker -> free slots
+    self.pending: collections.deque = collections.deque()  # (client id, request frames)
+    self.refused = 0
+    self.lost_replies = 0
+    self.decode_errors: collections.Counter = collections.Counter()
+    self.poller = zmq.Poller()
+    self.poller.register(links.act_front, zmq.POLLIN)
+    self.poller.register(links.act_back, zmq.POLLIN)
+
+  # SCENES
+  def _move_scene(self) -> None:
+    if self.pending_scene is None:
+      self.pending_scene = self.links.scenes_in.recv(0.0)
+    if self.pending_scene is not None and self.links.scenes.wait_credit(0.0):
+      if self.links.scenes.send(self.pending_scene, 0.0):
+        self.pending_scene = None
+        self.scenes_forwarded += 1
+
+  # ACT
+  def _decode(self, frames: list, where: str) -> codec.Message | None:
+    return transport.decode_counted(frames, codec.Limits(), self.decode_errors, self.rt.metrics, where)
+
+  def _from_client(self, frames: list) -> None:
+    client, body = frames[0], frames[1:]
+    msg = self._decode(body, "act_front")
+    if msg is None:
+      return
+    if msg.schema != "ActRequest":
+      self.rt.metrics.decode_error("wrong_schema")
+      return
+    if len(self.pending) >= self.cfg.max_pending_requests:
+      self.refused += 1
+      self.rt.dropped.labels(what="act_request_refused").inc()
+      return
+    self.pending.append((client, body))
+
+  def _from_worker(self, frames: list) -> None:
+    worker = frames[0]
+    if len(frames) == 2:  # a lone header frame: the worker's "ready"
+      msg = self._decode(frames[1:], "act_back")
+      if msg is not None and msg.schema == "Heartbeat" and msg.fields.get("status") == "ready":
+        self.free[worker] = self.cfg.inference_slots  # idempotent: an idle worker re-announces its full window
+      return
+    if worker in self.free:
+      self.free[worker] += 1
+    msg = self._decode(frames[2:], "act_back")
+    if msg is None:
+      return
+    try:
+      nbytes = transport.send_frames(self.links.act_front, frames[2:], route=[frames[1]], flags=zmq.NOBLOCK)
+      self.rt.metrics.count_out(msg.schema, nbytes)
+    except zmq.ZMQError as e:
+      if e.errno not in _NO_ROUTE:
+        raise
+      self.lost_replies += 1  # the simulator went away; it will not miss the answer
+      self.rt.dropped.labels(what="act_reply_unroutable").inc()
+
+  def _dispatch(self) -> None:
+    while self.pending and self.free:
+      worker = max(self.free, key=self.free.__getitem__)
+      if self.free[worker] <= 0:
+        return
+      client, body = self.pending[0]
+      try:
+        transport.send_frames(self.links.act_back, [client] + list(body), route=[worker], flags=zmq.NOBLOCK)
+      except zmq.ZMQError as e:
+        if e.errno not in _NO_ROUTE:
+          raise
+        del self.free[worker]  # that worker is gone; the request goes to another one
+        continue
+      self.pending.popleft()
+      self.free[worker] -= 1
+
+  def _drain(self, sock: zmq.Socket, n_route: int, handle) -> None:
+    for _ in range(256):  # bounded, so scenes keep moving under an act flood
+      frames = transport.recv_frames(sock, 0.0, n_route=n_route)
+      if frames is None:
+        return
+      handle(frames)
+
+  def run_once(self) -> None:
+    self._move_scene()
+    events = dict(self.poller.poll(self.cfg.poll_ms))
+    if self.links.act_back in events:
+      self._drain(self.links.act_back, 2, self._from_worker)
+    if self.links.act_front in events:
+      self._drain(self.links.act_front, 1, self._from_client)
+    self._dispatch()
+    m = self.rt.metrics
+    m.queue_depth.labels(queue="act_pending").set(len(self.pending))
+    m.queue_depth.labels(queue="inference_workers").set(len(self.free))
+    m.queue_depth.labels(queue="scenes_pending").set(int(self.pending_scene is not None))
+    self.rt.heartbeat(scenes=self.scenes_forwarded, workers=len(self.free), pending=len(self.pending))
+
+  def close(self) -> None:
+    for s in (self.links.scenes_in, self.links.scenes, self.links.act_front, self.links.act_back):
+      s.close()
+
+
+def bootstrap(cfg: config_lib.BrokerConfig, rt: runtime.Runtime) -> Broker:
+  server = rt.curve(bind=True)  # CURVE keys, or None when curve_dir is unset
+  c, m = rt.common, rt.metrics
+  front, back = transport.make_socket(rt.ctx, zmq.ROUTER), transport.make_socket(rt.ctx, zmq.ROUTER)
+  for sock, link in ((front, "act"), (back, "act_backend")):
+    if server is not None:
+      transport.curve_server(sock, server)
+    sock.bind(runtime.endpoint(c, link, bind=True))
+  links = Links(
+      scenes_in=flow.CreditConsumer(rt.ctx, runtime.endpoint(c, "scenes_in", bind=True), bind=True,
+                                    window=cfg.scene_window, metrics=m, curve=server),
+      scenes=flow.CreditProducer(rt.ctx, runtime.endpoint(c, "scenes", bind=True), bind=True,
+                                 producer_id=rt.producer_id, epoch=rt.epoch, metrics=m, curve=server),
+      act_front=front, act_back=back)
+  return Broker(cfg, rt, links)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  cfg, common = config_lib.load(argv)
+  return runtime.run_main("broker", cfg, common, bootstrap)

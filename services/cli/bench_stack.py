@@ -1,0 +1,165 @@
+"""`drivelab bench stack`: agent-steps/s through the full stack against the same simulate+learn work in one process.
+
+Stack: `drivelab up` (fused simulators, replay, learner, broker, one scene loader, no evaluator or inference) as
+local processes; the rate is the growth of drivelab_agent_steps_total summed over the simulators' /metrics,
+measured over `--seconds` after every simulator has produced data and `--warmup` more seconds have passed.
+In-process: the same engine, scenes, unroll and learner update in one loop (collect `sample_items` unrolls, one
+update), timed over `--seconds` after its own warm-up. bus_cost = 1 - stack / in-process (negative when the
+stack's processes overlap simulating and learning better than one loop does). The two sides run one after the
+other, so other load on the machine skews them: the 1-minute load average after each is recorded beside it.
+Results (command line, git commit, machine, UTC time) go to --out (default benchmarks/results/stack.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+
+
+def _machine() -> dict:
+  model = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError:
+    pass
+  return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu_model": model,
+          "python": sys.version.split()[0]}
+
+
+def _git_commit() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _agent_steps(port: int) -> float:
+  with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+    for line in r.read().decode().splitlines():
+      if line.startswith("drivelab_agent_steps_total "):
+        return float(line.split()[1])
+  return 0.0
+
+
+def _total_steps(ports: list[int]) -> float:
+  total = 0.0
+  for p in ports:
+    try:
+      total += _agent_steps(p)
+    except OSError:
+      pass
+  return total
+
+
+def run_stack(args: argparse.Namespace, run_dir: str) -> dict:
+  from services.stack import supervisor
+
+  cfg = supervisor.StackConfig(simulators=args.simulators, inference=0, scene_loaders=1, evaluator=False,
+                               mode="fused", run_dir=run_dir, scenes=args.scenes)
+  sup = supervisor.Supervisor(cfg, out=io.StringIO())
+  thread = threading.Thread(target=sup.run, daemon=True)
+  thread.start()
+  ports = [c.metrics_port for c in sup.children if c.service == "simulator"]
+  try:
+    deadline = time.monotonic() + args.start_timeout
+    while not all(_total_steps([p]) > 0 for p in ports):
+      if time.monotonic() > deadline:
+        raise RuntimeError(f"simulators produced no data within {args.start_timeout} s; see {run_dir}/logs")
+      time.sleep(1.0)
+    time.sleep(args.warmup)
+    t0, c0 = time.monotonic(), _total_steps(ports)
+    time.sleep(args.seconds)
+    t1, c1 = time.monotonic(), _total_steps(ports)
+  finally:
+    sup.stop.set()
+    thread.join(60)
+  return {"agent_steps_per_s": (c1 - c0) / (t1 - t0), "agent_steps": c1 - c0, "seconds": t1 - t0,
+          "simulators": args.simulators}
+
+
+def run_in_process(args: argparse.Namespace) -> dict:
+  import jax
+  import numpy as np
+
+  from services.learner import policy
+  from services.replay import config as replay_config
+  from services.replay import service as replay_service
+  from services.scene_loader import config as loader_config
+  from services.scene_loader import service as loader_service
+  from services.simulator import config as sim_config
+  from services.simulator import engine as engine_lib
+  from services.simulator import service as sim_service
+  from shared.scenes import dataset
+
+  lc, sc, rc = loader_config.SceneLoaderConfig(), sim_config.SimulatorConfig(), replay_config.ReplayConfig()
+  scenarios, _ = loader_service.load_scenes(args.scenes, lc)
+  batches = dataset.batch_iterator(scenarios, lc.batch_size, seed=0)
+  engine = engine_lib.Engine(sim_service.env_config(sc), sc.unroll_length)
+  hp = policy.LearnerHyper()
+  update = policy.make_update_step(hp)
+  state, pending, steps, t0 = None, [], 0, None
+  end = time.monotonic() + args.start_timeout
+  while time.monotonic() < end:
+    engine.load(next(batches))
+    while not engine.episode_over() and time.monotonic() < end:
+      if state is None:
+        state = policy.init_state(policy.init_params(engine.num_features, engine.num_actions), hp)
+      rec = engine.collect(state.params)
+      pending.append(rec)
+      if len(pending) == rc.sample_items:
+        sample = {k: np.stack([r[k] for r in pending]) for k in pending[0]}
+        batch = replay_service.to_batch_arrays(sample)
+        state, metrics = update(state, batch)
+        jax.block_until_ready(metrics)
+        pending = []
+      if t0 is None and int(state.step) >= 2:  # both jits compiled: start the clock
+        t0, end = time.monotonic(), time.monotonic() + args.seconds
+      elif t0 is not None:
+        steps += int(rec["valid"].sum())
+  t1 = time.monotonic()
+  if t0 is None:
+    raise RuntimeError("in-process loop did not warm up")
+  return {"agent_steps_per_s": steps / (t1 - t0), "agent_steps": steps, "seconds": t1 - t0}
+
+
+def run(args: argparse.Namespace) -> int:
+  result = {"benchmark": "stack", "command": " ".join(["drivelab"] + sys.argv[1:]), "git_commit": _git_commit(),
+            "machine": _machine(), "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "scenes": args.scenes}
+  with tempfile.TemporaryDirectory(prefix="bench-stack-") as run_dir:
+    result["stack"] = dict(run_stack(args, run_dir), load_avg_1m_after=os.getloadavg()[0])
+  result["in_process"] = dict(run_in_process(args), load_avg_1m_after=os.getloadavg()[0])
+  ratio = result["stack"]["agent_steps_per_s"] / max(result["in_process"]["agent_steps_per_s"], 1e-9)
+  result["stack_over_in_process"] = ratio
+  result["bus_cost"] = 1.0 - ratio
+  result["goal"] = {"bus_cost_below": 0.10, "met": result["bus_cost"] < 0.10}
+  print(json.dumps({k: result[k] for k in ("stack", "in_process", "stack_over_in_process", "bus_cost")}, indent=1))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {args.out}")
+  return 0
+
+
+def register(subparsers) -> None:
+  p = subparsers.add_parser("stack", help="agent-steps/s through the full stack vs the same work in one process")
+  p.add_argument("--simulators", type=int, default=1, help="simulator replicas in the stack")
+  p.add_argument("--scenes", default="synthetic", help='"synthetic" or a scene folder')
+  p.add_argument("--seconds", type=float, default=30.0, help="measured seconds on each side")
+  p.add_argument("--warmup", type=float, default=10.0, help="seconds after the first data before measuring")
+  p.add_argument("--start-timeout", type=float, default=240.0, help="most seconds to wait for compiled simulators")
+  p.add_argument("--out", default="benchmarks/results/stack.json", help="JSON result file")
+  p.set_defaults(func=run)

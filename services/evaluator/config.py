@@ -1,0 +1,45 @@
+"""Evaluator settings. Env vars are read here and nowhere else in the service; CLI flags override them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Mapping, Sequence
+
+from services.common import runtime
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorConfig:
+  """Attributes:
+    interval_s: seconds between evaluations [DRIVELAB_EVALUATOR_INTERVAL_S].
+    split: label of the scenes evaluated (reports and metrics carry it).
+    max_controlled: controlled agents per scene.
+    control_mode: "all", "sdc" or "random".
+    seed: PRNG seed.
+  """
+
+  interval_s: float = 10.0
+  split: str = "train"
+  max_controlled: int = 16
+  control_mode: str = "all"
+  seed: int = 0
+
+
+ENV = {"interval_s": "DRIVELAB_EVALUATOR_INTERVAL_S"}
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="drivelab serve evaluator")
+  runtime.add_args(p, runtime.CommonConfig)
+  runtime.add_args(p, EvaluatorConfig)
+  return p
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+         ) -> tuple[EvaluatorConfig, runtime.CommonConfig]:
+  env = os.environ if env is None else env
+  args = parser().parse_args(argv)
+  cfg = runtime.merge(EvaluatorConfig, runtime.typed_from_env(EvaluatorConfig, env, ENV), args)
+  return cfg, runtime.common_from_env(env, args)

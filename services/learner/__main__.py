@@ -1,0 +1,7 @@
+"""`python -m services.learner` = `drivelab serve learner`."""
+
+import sys
+
+from services.learner import service
+
+sys.exit(service.main())

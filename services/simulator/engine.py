@@ -1,0 +1,208 @@
+"""The simulator's device side: a batch of scenes held in a SimState, stepped by jitted shared.sim.env functions.
+
+The scene loader also uses it for expert trajectories (`expert`), the evaluator for greedy episodes (`evaluate`).
+Two ways to act (DESIGN.md "Data flow"):
+  fused   `collect(params, num_steps)`: the policy runs inside one jitted `lax.scan` over env.step_batch.
+  service `features()` -> ask the inference service -> `step(actions)`: one jitted env step per round trip.
+
+Shapes (S scenes, O objects, F features, T steps; B = S * O agents, flattened scene-major):
+  features: (B, F) float32 = every Observation leaf of an agent flattened and concatenated.
+  collect / step records: obs (T, B, F), action, log_prob, value, reward (T, B), done, valid (T, B) bool, where
+  valid = controlled, not yet done, and the log not yet over (the only steps the learner may use).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from services.learner import policy
+from shared.scenes import types
+from shared.sim import actions as actions_lib
+from shared.sim import env, episode, rollout
+
+Record = dict[str, Any]
+
+
+def flat_features(obs: Any) -> jax.Array:
+  """Observation pytree with leaves (S, O, ...) -> (S * O, F) float32."""
+  leaves = jax.tree.leaves(obs)
+  s, o = leaves[0].shape[:2]
+  return jnp.concatenate([x.reshape(s * o, -1).astype(jnp.float32) for x in leaves], axis=-1)
+
+
+def _acting(state) -> jax.Array:
+  """(S * O,) bool: agents whose action this step counts (controlled, not done, log not over)."""
+  last = state.scenario.objects.x.shape[-1] - 1
+  live = state.controlled & ~state.done & (state.t < last)[:, None]
+  return live.reshape(-1)
+
+
+def _record(feat, acting, action, log_prob, value, out) -> Record:
+  done = (out.done | out.truncated).reshape(-1)
+  return {"obs": feat, "action": action, "log_prob": log_prob, "value": value,
+          "reward": out.reward.reshape(-1) * acting, "done": done, "valid": acting}
+
+
+def _reset_and_observe(scenario, rng, cfg: env.EnvConfig):
+  state = env.reset_batch(scenario, rng, cfg)
+  return state, flat_features(jax.vmap(lambda x: env.observe(x, cfg))(state))
+
+
+def _make_reset(cfg: env.EnvConfig) -> Callable:
+  return jax.jit(functools.partial(_reset_and_observe, cfg=cfg))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(make: Callable, *key) -> Callable:
+  """One jitted function per (builder, config, sizes) in a process, so engines with equal configs (replicas in
+  tests, the evaluator's repeated episodes) share one compile."""
+  return make(*key)
+
+
+def make_collect(cfg: env.EnvConfig, num_steps: int, greedy: bool = False) -> Callable:
+  """jitted (params, state, feat, rng) -> (state, feat, records with a leading T axis)."""
+
+  @jax.jit
+  def collect(params, state, feat, rng):
+    def body(carry, _):
+      state, feat, rng = carry
+      rng, key = jax.random.split(rng)
+      action, log_prob, value = policy.select_action(params, feat, key, greedy)
+      acting = _acting(state)
+      nxt, out = env.step_batch(state, action.reshape(state.controlled.shape), cfg)
+      nfeat = flat_features(out.obs)
+      return (nxt, nfeat, rng), _record(feat, acting, action, log_prob, value, out)
+
+    (state, feat, rng), rec = jax.lax.scan(body, (state, feat, rng), None, length=num_steps)
+    return state, feat, rec
+
+  return collect
+
+
+def make_step(cfg: env.EnvConfig) -> Callable:
+  """jitted one step with given actions (service mode): (state, feat, action, log_prob, value) ->
+  (state, feat, record (B, ...))."""
+
+  @jax.jit
+  def step(state, feat, action, log_prob, value):
+    acting = _acting(state)
+    nxt, out = env.step_batch(state, action.reshape(state.controlled.shape), cfg)
+    return nxt, flat_features(out.obs), _record(feat, acting, action, log_prob, value, out)
+
+  return step
+
+
+def make_expert(cfg: env.EnvConfig, num_steps: int) -> Callable:
+  """jitted closed-loop grid expert (shared.sim.rollout.grid_expert) (state, feat, rng) -> records with a leading
+  T axis: obs (T, B, F), action (T, B) int32 (the grid action the expert took), valid (T, B)."""
+  act = rollout.grid_expert(cfg)
+
+  @jax.jit
+  def expert(state, feat, rng):
+    def body(carry, _):
+      state, feat = carry
+      action = jax.vmap(lambda s: act(s, None, rng))(state)
+      acting = _acting(state)
+      nxt, out = env.step_batch(state, action, cfg)
+      return (nxt, flat_features(out.obs)), {"obs": feat, "action": action.reshape(-1).astype(jnp.int32),
+                                             "valid": acting}
+
+    _, rec = jax.lax.scan(body, (state, feat), None, length=num_steps)
+    return rec
+
+  return expert
+
+
+class Engine:
+  """One batch of scenes on device plus the jitted functions that advance it.
+
+  Attributes:
+    cfg: the EnvConfig.
+    state: batched SimState (None before `load`).
+    feat: (B, F) features of the current state.
+  """
+
+  def __init__(self, cfg: env.EnvConfig, unroll_length: int, seed: int = 0, greedy: bool = False):
+    self.cfg, self.unroll_length, self.greedy = cfg, unroll_length, greedy
+    self.rng = jax.random.PRNGKey(seed)
+    self.num_actions = actions_lib.num_actions(cfg.actions)
+    self._collect = _cached(make_collect, cfg, unroll_length, greedy)
+    self._reset = _cached(_make_reset, cfg)
+    self._step = _cached(make_step, cfg)
+    self.state = None
+    self.feat = None
+
+  def load(self, scenario: types.Scenario) -> None:
+    """Resets on a new batch of scenes (numpy arrays with a leading S axis)."""
+    self.rng, key = jax.random.split(self.rng)
+    self.state, self.feat = self._reset(jax.tree.map(jnp.asarray, scenario), key)
+
+  @property
+  def num_features(self) -> int:
+    return int(self.feat.shape[-1])
+
+  def episode_over(self) -> bool:
+    last = self.state.scenario.objects.x.shape[-1] - 1
+    return bool(int(self.state.t[0]) >= last or not bool(jnp.any(self.state.controlled & ~self.state.done)))
+
+  def collect(self, params) -> dict[str, np.ndarray]:
+    """Fused path: `unroll_length` steps with the policy inside the scan. Returns numpy records (T, B, ...)."""
+    self.rng, key = jax.random.split(self.rng)
+    self.state, self.feat, rec = self._collect(params, self.state, self.feat, key)
+    return jax.tree.map(np.asarray, rec)
+
+  def evaluate(self, params):
+    """Greedy rollout to the end of the log from a freshly loaded batch: EpisodeMetrics (S, O) (numpy)."""
+    steps = int(self.state.scenario.objects.x.shape[-1] - 1 - int(self.state.t[0]))
+    self.rng, key = jax.random.split(self.rng)
+    return jax.tree.map(np.asarray, _cached(make_evaluate, self.cfg, steps)(params, self.state, self.feat, key))
+
+  def expert(self) -> dict[str, np.ndarray]:
+    """The logged behaviour as grid actions with observations, from a freshly loaded batch to the log's end."""
+    steps = int(self.state.scenario.objects.x.shape[-1] - 1 - int(self.state.t[0]))
+    self.rng, key = jax.random.split(self.rng)
+    return jax.tree.map(np.asarray, _cached(make_expert, self.cfg, steps)(self.state, self.feat, key))
+
+  def acting(self) -> np.ndarray:
+    return np.asarray(_acting(self.state))
+
+  def step(self, action: np.ndarray, log_prob: np.ndarray, value: np.ndarray) -> dict[str, np.ndarray]:
+    """Service path: one step with actions from the inference service; returns that step's record (B, ...)."""
+    self.state, self.feat, rec = self._step(self.state, self.feat, jnp.asarray(action, jnp.int32),
+                                            jnp.asarray(log_prob, jnp.float32), jnp.asarray(value, jnp.float32))
+    return jax.tree.map(np.asarray, rec)
+
+
+def stack_records(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Per-step records (B, ...) -> (T, B, ...)."""
+  return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+
+
+def make_evaluate(cfg: env.EnvConfig, num_steps: int) -> Callable:
+  """jitted greedy episode (params, state, feat, rng) -> shared.sim.episode.EpisodeMetrics, (S, O) per field.
+
+  The state must be fresh from `load` (at cfg.init_step): episode metrics measure progress from there. The agents
+  scored are those controlled at the start."""
+  ep_cfg = episode.EpisodeConfig(init_step=cfg.init_step)
+
+  @jax.jit
+  def evaluate(params, state, feat, rng):
+    evaluated = state.controlled
+
+    def body(carry, _):
+      state, feat = carry
+      action, _, _ = policy.select_action(params, feat, rng, True)
+      nxt, out = env.step_batch(state, action.reshape(state.controlled.shape), cfg)
+      return (nxt, flat_features(out.obs)), (out.metrics, nxt.objects)
+
+    _, (metrics, objects) = jax.lax.scan(body, (state, feat), None, length=num_steps)
+    per_scene = lambda m, o, e, s: episode.episode_metrics(m, o, e, s, ep_cfg)
+    return jax.vmap(per_scene, in_axes=(1, 1, 0, 0))(metrics, objects, evaluated, state.scenario)
+
+  return evaluate

@@ -1,0 +1,241 @@
+"""The stack's parts one at a time: configs, endpoints, the broker's load balancer with the real inference worker,
+replay's batch layout, the evaluator's summary, learner checkpoints, the stand-in learner, the supervisor's
+restart bookkeeping. Real ZeroMQ on 127.0.0.1 where sockets are involved; no simulator compile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from services.broker import config as broker_config, service as broker_service
+from services.common import runtime
+from services.evaluator import service as evaluator_service
+from services.inference import config as inference_config, service as inference_service
+from services.learner import policy, service as learner_service
+from services.replay import service as replay_service
+from services.simulator import config as sim_config
+from services.stack import supervisor
+from shared.sim import episode
+from shared.wire import schemas, transport
+
+
+def test_config_env_then_cli_precedence_and_endpoints():
+  env = {"DRIVELAB_SIMULATOR_MODE": "fused", "DRIVELAB_SIMULATOR_UNROLL": "32", "DRIVELAB_METRICS_PORT": "0",
+         "DRIVELAB_PORT_OFFSET": "7", "DRIVELAB_REPLAY_HOST": "replay.svc"}
+  cfg, common = sim_config.load(["--mode", "service", "--broker-host", "broker.svc"], env=env)
+  assert (cfg.mode, cfg.unroll_length, common.metrics_port, common.port_offset) == ("service", 32, 0, 7)
+  # Registry port + offset (trajectories 5553, act_backend 5559), host of the service that binds the link.
+  assert runtime.endpoint(common, "trajectories") == "tcp://replay.svc:5560"
+  assert runtime.endpoint(common, "act_backend") == "tcp://broker.svc:5566"
+  assert runtime.endpoint(common, "params", bind=True) == "tcp://*:5563"
+  with pytest.raises(SystemExit):
+    sim_config.load(["--mode", "telepathy"], env={})
+
+
+def test_replay_batch_puts_trajectories_side_by_side():
+  # Two trajectories (K=2) of T=3 steps and B=2 agents: action[k, t, b] = 100 k + 10 t + b.
+  k, t, b = np.meshgrid(np.arange(2), np.arange(3), np.arange(2), indexing="ij")
+  sample = {"action": (100 * k + 10 * t + b).astype(np.int32), "obs/flat": np.zeros((2, 3, 2, 5), np.float32),
+            replay_service.VERSION_KEY: np.array([4, 5], np.int32)}
+  out = replay_service.to_batch_arrays(sample)
+  assert out["action"].tolist() == [[0, 1, 100, 101], [10, 11, 110, 111], [20, 21, 120, 121]]
+  assert out["obs/flat"].shape == (3, 4, 5)
+  assert replay_service.VERSION_KEY not in out
+
+
+def test_evaluator_flattens_episode_summary():
+  # 4 agents, 3 scored (evaluated), 2 of them moving: 1 collision among the scored -> all/collision = 1/3.
+  n = 4
+  per_agent = {name: np.zeros(n, bool) for name in episode.BOOL_METRICS}
+  per_agent.update(evaluated=np.array([1, 1, 1, 0], bool), moving=np.array([1, 1, 0, 0], bool),
+                   progress_valid=np.array([1, 1, 0, 0], bool), offroad_steps=np.zeros(n, np.int32),
+                   progress_ratio=np.array([0.5, 1.0, 0.0, 0.0], np.float32),
+                   progress_m=np.array([5.0, 20.0, 0.0, 0.0]), path_m=np.array([10.0, 20.0, 0.0, 0.0]),
+                   episodic_reward=np.array([-1.0, 1.0, 0.0, 1.0]), ade_m=np.zeros(n), fde_m=np.zeros(n))
+  per_agent["collision"] = np.array([1, 0, 0, 1], bool)
+  flat = evaluator_service.flatten(episode.summarize(per_agent))
+  assert flat["all/agents"] == 3.0 and flat["moving/agents"] == 2.0 and flat["parked/agents"] == 1.0
+  assert flat["all/collision"] == pytest.approx(1 / 3) and flat["moving/collision"] == 0.5
+  assert flat["moving/progress_ratio"] == pytest.approx(0.75)  # mean of 0.5 and 1.0
+  assert flat["all/episodic_reward"] == 0.0  # (-1 + 1 + 0) / 3
+  assert "parked/progress_ratio" not in flat  # undefined (no parked agent has a path): left out, not 0
+
+
+def test_checkpoint_round_trip_is_atomic(tmp_path):
+  path = learner_service.checkpoint_path(str(tmp_path))
+  params = policy.init_params(3, 4)
+  params["pi/w"] = np.arange(12, dtype=np.float32).reshape(3, 4)
+  learner_service.save_checkpoint(path, params, 17)
+  loaded, version = learner_service.load_checkpoint(path)
+  assert version == 17 and sorted(loaded) == sorted(params)
+  np.testing.assert_array_equal(loaded["pi/w"], params["pi/w"])
+  assert [p.name for p in tmp_path.joinpath("checkpoints").iterdir()] == ["params.npz"]  # no temp file left
+
+
+def test_stand_in_learner_learns_a_bandit():
+  # One constant feature, 5 actions, reward 1 only for action 3: PPO steps must raise p(3) from 1/5.
+  hp = policy.LearnerHyper(learning_rate=0.05, entropy_coef=0.0)
+  state = policy.init_state(policy.init_params(1, 5), hp)
+  update = policy.make_update_step(hp)
+  obs = np.ones((8, 64, 1), np.float32)
+  rng = jax.random.PRNGKey(0)
+  for _ in range(30):
+    rng, key = jax.random.split(rng)
+    a, logp, v = policy.select_action(state.params, obs.reshape(-1, 1), key)
+    a, logp, v = (np.asarray(x).reshape(8, 64) for x in (a, logp, v))
+    batch = {"obs": obs, "action": a, "log_prob": logp, "value": v, "reward": (a == 3).astype(np.float32),
+             "done": np.ones((8, 64), bool), "valid": np.ones((8, 64), bool)}
+    state, metrics = update(state, batch)
+  probs = jax.nn.softmax(policy.logits_and_value(state.params, np.ones((1, 1), np.float32))[0])[0]
+  assert float(probs[3]) > 0.6, probs
+
+
+@pytest.fixture(params=["plain", "curve"])
+def lb(tmp_path, request):
+  """A broker plus one real inference worker in threads; with "curve", every link is CURVE-authenticated."""
+  curve_dir = ""
+  if request.param == "curve":
+    curve_dir = str(tmp_path / "keys")
+    transport.create_curve_keys(curve_dir)
+  common = runtime.CommonConfig(metrics_port=0, port_offset=supervisor.find_port_offset(), run_dir=str(tmp_path),
+                                curve_dir=curve_dir)
+  rts = {n: runtime.Runtime(n, common) for n in ("broker", "inference")}
+  svcs = {"broker": broker_service.bootstrap(broker_config.BrokerConfig(inference_slots=2), rts["broker"]),
+          "inference": inference_service.bootstrap(inference_config.InferenceConfig(), rts["inference"])}
+  threads = [threading.Thread(target=rts[n].run, args=(svcs[n],), daemon=True) for n in rts]
+  for th in threads:
+    th.start()
+  yield common, rts, svcs
+  for rt in rts.values():
+    rt.stop.set()
+  for th in threads:
+    th.join(10)
+
+
+def test_load_balancer_routes_replies_to_their_clients(lb):
+  common, rts, svcs = lb
+  ctx = transport.new_context()
+  keys = transport.curve_keys_from_files(common.curve_dir) if common.curve_dir else None
+  clients = [transport.Client(ctx, runtime.endpoint(common, "act"), curve=keys) for _ in range(2)]
+  try:
+    for i, cli in enumerate(clients):
+      for rid in (1, 2):
+        n = 3 + i  # each client asks for a different number of agents
+        req = schemas.make("ActRequest", f"sim-{i}", rid, arrays={"obs/flat": np.zeros((n, 7), np.float32)},
+                           request_id=rid)
+        reply = cli.request(req, 20.0)
+        assert reply is not None and reply.fields["request_id"] == rid
+        assert reply.arrays["action"].shape == (n,) and reply.fields["params_version"] == 0
+        # Version-0 params are zeros: a uniform policy over the 7 x 13 grid, log p = -log 91 = -4.5109.
+        np.testing.assert_allclose(reply.arrays["log_prob"], -math.log(91), rtol=1e-5)
+    deadline = time.monotonic() + 5  # the worker counts a reply just after sending it
+    while svcs["inference"].replies < 4 and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert svcs["inference"].replies == 4
+    assert not svcs["broker"].pending
+    if keys is not None:  # a client without the keys is not let in: no reply, and nothing reaches the worker
+      clients.append(transport.Client(ctx, runtime.endpoint(common, "act")))
+      req = schemas.make("ActRequest", "intruder", 1, arrays={"obs/flat": np.zeros((1, 7), np.float32)},
+                         request_id=1)
+      assert clients[-1].request(req, 1.5) is None
+      assert svcs["inference"].replies == 4
+  finally:
+    for cli in clients:
+      cli.close()
+    ctx.term()
+
+
+class _FakeProc:
+  def __init__(self, code):
+    self.returncode, self.pid = code, 4242
+
+  def poll(self):
+    return self.returncode
+
+
+def test_supervisor_plan_restart_count_and_targets(tmp_path):
+  cfg = supervisor.StackConfig(simulators=3, inference=2, scene_loaders=1, run_dir=str(tmp_path), max_restarts=1)
+  started = []
+
+  class Recording(supervisor.Supervisor):
+    def start(self, child):  # no real processes: record and pretend it died at once
+      started.append(child.name)
+      child.proc, child.started_s = _FakeProc(1), time.monotonic() - 10
+
+  sup = Recording(cfg, out=open(tmp_path / "out.txt", "w"))
+  names = [c.name for c in sup.children]
+  assert names[:3] == ["learner-0", "replay-0", "broker-0"]  # binders first
+  assert sum(n.startswith("simulator-") for n in names) == 3 and sum(n.startswith("inference-") for n in names) == 2
+  assert len({c.metrics_port for c in sup.children}) == len(names)
+  for c in sup.children:
+    sup.start(c)
+  sup.watch_once()
+  sup.watch_once()  # max_restarts=1: the second exit gives up instead of looping
+  restarts = sup.registry.get_sample_value("drivelab_restarts_total", {"component": "simulator"})
+  assert restarts == 3.0 and all(c.given_up for c in sup.children)
+  targets = sup.targets()
+  assert len(targets["simulator"]) == 3 and targets["stack"] == [f"127.0.0.1:{sup.metrics_port}"]
+
+
+class _Fake:
+  """A link or engine stand-in: attributes given, every other call recorded."""
+
+  def __init__(self, **kw):
+    self.__dict__.update(kw)
+    self.calls = []
+
+  def close(self):
+    self.calls.append("close")
+
+
+def test_simulator_shell_swaps_params_counts_steps_and_drops(tmp_path):
+  from services.common import scenario_codec
+  from services.simulator import service as sim_service
+  from shared.scenes import types
+
+  # One scene, no sockets, no JAX: the shell's own logic only.
+  scn = types.stack([empty_scene()])
+  scene_msg = schemas.make("ScenarioBatch", "loader", 0, arrays=scenario_codec.scenario_to_arrays(scn), num_scenes=1)
+  trained = policy.init_params(3, 91)
+  trained["pi/b"] = np.full(91, 0.5, np.float32)
+  params_msg = schemas.make("Params", "learner", 0, arrays=trained, params_version=5)
+  rec = {"obs": np.zeros((2, 4, 3), np.float32), "action": np.zeros((2, 4), np.int32),
+         "reward": np.ones((2, 4), np.float32), "done": np.zeros((2, 4), bool),
+         "valid": np.array([[1, 1, 0, 0], [1, 0, 0, 0]], bool), "log_prob": np.zeros((2, 4), np.float32),
+         "value": np.zeros((2, 4), np.float32)}
+  seen = []
+  engine = _Fake(num_features=3, num_actions=91, loaded=0)
+  engine.load = lambda s: setattr(engine, "loaded", engine.loaded + 1)
+  engine.episode_over = lambda: False
+  engine.collect = lambda p: (seen.append(p["pi/b"][0]), rec)[1]
+  sends = itertools.chain([True], itertools.repeat(False))  # then never a credit again
+  traj = _Fake(sent=[])
+  traj.send_fields = lambda schema, **kw: (traj.sent.append(kw["params_version"]), next(sends))[1]
+  polls = iter([params_msg])
+  links = sim_service.Links(scenes=_Fake(recv=lambda timeout_s: scene_msg, ack=lambda: None), trajectories=traj,
+                            params=_Fake(poll=lambda t: next(polls, None)))
+  cfg = sim_config.SimulatorConfig(send_timeout_s=0.3)
+  rt = runtime.Runtime("simulator", runtime.CommonConfig(metrics_port=0, run_dir=str(tmp_path)))
+  sim = sim_service.Simulator(cfg, rt, links, engine)
+  sim.run_once()  # loads the batch, takes version 5, sends
+  sim.run_once()  # the send finds no credit until the timeout: dropped and counted
+  assert engine.loaded == 1 and seen == [0.5, 0.5] and traj.sent[0] == 5
+  assert (sim.sent, sim.dropped) == (1, 1)
+  # 3 valid agent steps in the one Trajectory that went out.
+  assert rt.registry.get_sample_value("drivelab_agent_steps_total") == 3.0
+  assert rt.registry.get_sample_value("drivelab_dropped_total", {"what": "trajectory_no_credit"}) == 1.0
+  rt.ctx.term()
+
+
+def empty_scene():
+  from shared.scenes import native, types
+
+  return native.empty_scenario(types.SceneConfig(max_objects=4, max_road_points=8, max_tl_lanes=2,
+                                                 num_timesteps=5))
