@@ -8,6 +8,10 @@ SCENES ?= synthetic
 RUN_DIR ?= runs/latest
 PYTEST_ARGS ?=
 export JAX_PLATFORMS ?= cpu
+# One persistent XLA compile cache shared by test workers, the stack's processes and later runs; stable hashing so
+# separate processes produce the same cache keys.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export PYTHONHASHSEED ?= 0
 export PROMETHEUS_DISABLE_CREATED_SERIES := True
 
 .PHONY: install run test test-fast bench up down lint clean
