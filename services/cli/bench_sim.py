@@ -1,0 +1,252 @@
+"""`drivelab bench sim`: simulator step cost by batch size and controlled agents, its parts, and a brute-force
+off-road baseline.
+
+Full step = dynamics + observations of every object + all metrics + reward (+ the road-candidate refresh every
+`candidate_refresh_steps` steps), run as `rollout_batch` inside one `lax.scan` under jit with random grid actions.
+Scenes: the real ones in a folder (tiled to fill the batch) and/or synthetic ones. Agents: the controlled set is
+chosen once for the largest count and cut down per case, so every case shares one compiled program (the step
+computes every object anyway: its cost does not depend on how many are controlled, agent-steps/s does).
+Components (each alone, in a scan of the same length, batch 1 and the smallest batch > 1): dynamics, observations,
+metrics, the candidate refresh, our off-road check, and Waymax's brute-force off-road check over every road point.
+Results (with command line, git commit, machine, UTC time, load averages) go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+REAL_DIR = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gpudrive_womd"
+
+
+def _jax():
+  import jax
+  import jax.numpy as jnp
+  return jax, jnp
+
+
+def _rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _load_scenes(source: str, scene_cfg, count: int):
+  """A list of numpy Scenarios from a folder or the synthetic generator."""
+  if source == "synthetic":
+    from shared.scenes import synthetic
+    return [sc for sc, _ in synthetic.generate_many(count, seed=0, scene_config=scene_cfg)]
+  from shared.scenes import gpudrive
+  files = sorted(pathlib.Path(source).glob("*.json"))
+  if not files:
+    raise FileNotFoundError(f"bench sim: no *.json scenes in {source}")
+  return [gpudrive.read_scene(str(f), scene_cfg)[0] for f in files]
+
+
+def _timed(fn, args, repeats: int):
+  """(compile seconds, median run seconds) of jit(fn)(*args)."""
+  jax, _ = _jax()
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))  # warm-up
+  runs = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    runs.append(time.perf_counter() - t0)
+  return compile_s, statistics.median(runs)
+
+
+def _batch(scenes, size: int):
+  from shared.scenes import types
+  jax, jnp = _jax()
+  return jax.tree.map(jnp.asarray, types.stack([scenes[i % len(scenes)] for i in range(size)]))
+
+
+def _full_step_cases(scenes, label, batch_sizes, agents, steps, cfg, repeats):
+  from shared.sim import actions, env, rollout
+  jax, jnp = _jax()
+  n_act = actions.num_actions(cfg.actions)
+  policy = lambda params, obs, rng: jax.random.randint(rng, obs.ego.shape[:1], 0, n_act)
+  rows = []
+  for b in batch_sizes:
+    states = jax.jit(lambda s: env.reset_batch(s, jax.random.PRNGKey(0), cfg))(_batch(scenes, b))
+    run = lambda st: rollout.rollout_batch(policy, None, st, steps, cfg, jax.random.PRNGKey(1))[1].reward
+    for a in agents:
+      # Keep the first `a` controlled objects of each scene (same compiled program for every a).
+      keep = jnp.cumsum(states.controlled, axis=1) <= a
+      st = states.replace(controlled=states.controlled & keep)
+      n_ctrl = float(st.controlled.sum(1).mean())
+      rss0 = _rss_mb()
+      comp, sec = _timed(run, (st,), repeats)
+      ms = sec / steps * 1e3
+      rows.append({"scenes": label, "batch_size": b, "agents_requested": a, "agents_controlled_mean": n_ctrl,
+                   "steps": steps, "compile_s": round(comp, 2), "ms_per_step": round(ms, 3),
+                   "ms_per_scene_step": round(ms / b, 4),
+                   "agent_steps_per_s": round(b * n_ctrl * steps / sec, 1),
+                   "us_per_agent_step": round(sec / (b * n_ctrl * steps) * 1e6, 2),
+                   "peak_rss_mb": round(_rss_mb(), 1), "peak_rss_growth_mb": round(_rss_mb() - rss0, 1)})
+      print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def _component_fns(cfg, steps):
+  """name -> fn(states) running that part alone `steps` times in a scan (state nudged each step so XLA cannot
+  hoist the work out of the loop)."""
+  from shared.sim import dynamics, geometry, metrics, observations
+  jax, jnp = _jax()
+
+  def scan(body):
+    def run(st):
+      def f(c, i):
+        s = st.replace(objects=st.objects.replace(x=st.objects.x + i.astype(jnp.float32) * 1e-4))
+        return c + jnp.sum(body(s)), None
+      return jax.lax.scan(f, jnp.float32(0), jnp.arange(steps))[0]
+    return run
+
+  one = lambda f: lambda s: jax.vmap(f)(s)
+  corners = lambda s: geometry.box_corners(s.objects.x, s.objects.y, s.objects.yaw, s.scenario.objects.length,
+                                           s.scenario.objects.width)
+  k_edge = geometry.edge_slots(cfg.num_road_candidates)
+  return {
+      "dynamics": scan(one(lambda s: dynamics.bicycle_step(s.objects, jnp.ones_like(s.objects.x), 0.1 * jnp.ones_like(
+          s.objects.x), cfg.dynamics, s.scenario.objects.length).x)),
+      "observations": scan(one(lambda s: observations.flatten(observations.observe(s, cfg.obs)))),
+      "metrics": scan(one(lambda s: metrics.step_metrics(s, s, cfg.metrics).road_edge_distance_m)),
+      "candidate_refresh_per_call": scan(one(lambda s: geometry.nearest_road_points(
+          s.scenario.roads, s.objects.x, s.objects.y, cfg.num_road_candidates))),
+      "offroad_ours": scan(one(lambda s: geometry.road_edge_signed_distance(
+          s.scenario.roads, s.road_candidates[:, :k_edge], corners(s)))),
+      "offroad_brute_force_waymax_style": scan(one(lambda s: geometry.brute_force_edge_distance(
+          s.scenario.roads, corners(s)))),
+  }
+
+
+def _components(scenes, batch_sizes, steps, cfg, repeats, full_rows):
+  from shared.sim import env
+  jax, _ = _jax()
+  rows = []
+  for b in batch_sizes:
+    states = jax.jit(lambda s: env.reset_batch(s, jax.random.PRNGKey(0), cfg))(_batch(scenes, b))
+    full = next((r["ms_per_step"] for r in full_rows if r["batch_size"] == b), None)
+    for name in _component_fns(cfg, 1):
+      n = max(2, steps // 10) if "brute" in name else steps  # the baseline is slow: fewer steps, same per-step unit
+      fn = _component_fns(cfg, n)[name]
+      comp, sec = _timed(fn, (states,), repeats)
+      ms = sec / n * 1e3
+      rows.append({"batch_size": b, "component": name, "ms_per_step": round(ms, 3), "compile_s": round(comp, 2),
+                   "ratio_to_full_step": round(ms / full, 3) if full else None})
+      print(json.dumps(rows[-1]), flush=True)
+  ours = {r["batch_size"]: r["ms_per_step"] for r in rows if r["component"] == "offroad_ours"}
+  for r in rows:
+    if r["component"] == "offroad_brute_force_waymax_style":
+      r["ratio_to_offroad_ours"] = round(r["ms_per_step"] / ours[r["batch_size"]], 1)
+  return rows
+
+
+def _machine() -> dict:
+  jax, _ = _jax()
+  return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+          "jax": jax.__version__, "jax_backend": jax.default_backend(), "numpy": np.__version__,
+          "loadavg_1_5_15min": list(os.getloadavg())}
+
+
+def _git_commit() -> str | None:
+  import subprocess
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _goals(rows: list[dict]) -> dict:
+  """The issue's targets: <= 2 ms at batch 1 and <= 10 ms at batch 16 with up to 64 agents; us per agent-step
+  falling with the batch."""
+  out = {}
+  for label in sorted({r["scenes"] for r in rows}):
+    most = max(x["agents_requested"] for x in rows)
+    mine = [r for r in rows if r["scenes"] == label and r["agents_requested"] == most]
+    by_b = {r["batch_size"]: r for r in mine}
+    per = [by_b[b]["us_per_agent_step"] for b in sorted(by_b)]
+    out[label] = {
+        "batch1_ms_per_step": by_b.get(1, {}).get("ms_per_step"), "batch1_target_ms": 2.0,
+        "batch16_ms_per_step": by_b.get(16, {}).get("ms_per_step"), "batch16_target_ms": 10.0,
+        "us_per_agent_step_by_batch": dict(zip(map(str, sorted(by_b)), per)),
+        "per_agent_cost_falls_with_batch": all(a >= b for a, b in zip(per, per[1:])),
+    }
+  return out
+
+
+def run(args: argparse.Namespace) -> int:
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from shared.scenes import types
+  from shared.sim import env
+  if args.quick:
+    args.batch_sizes, args.steps, args.repeats = "1,16", min(args.steps, 20), min(args.repeats, 2)
+  batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x]
+  agents = [int(x) for x in args.agents.split(",") if x]
+  scene_cfg = types.SceneConfig(max_objects=args.max_objects, max_road_points=args.max_road_points)
+  cfg = env.EnvConfig(max_controlled=max(agents), done_on_collision=False, done_on_offroad=False,
+                      stop_at_goal=False)
+  load0 = list(os.getloadavg())
+  result = {"benchmark": "sim", "command": " ".join(["drivelab"] + sys.argv[1:]), "git_commit": _git_commit(),
+            "machine": _machine(), "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "scene_config": {"max_objects": args.max_objects, "max_road_points": args.max_road_points},
+            "env": {"candidate_refresh_steps": cfg.candidate_refresh_steps,
+                    "num_road_candidates": cfg.num_road_candidates, "done_signals": False},
+            "steps": args.steps, "repeats": args.repeats, "full_step": [], "components": [], "skipped": []}
+  sources = [s for s in args.scenes.split(",") if s]
+  real_scenes = None
+  for source in sources:
+    label = "synthetic" if source == "synthetic" else "real"
+    try:
+      scenes = _load_scenes(source, scene_cfg, min(max(batch_sizes), 8))
+    except (ImportError, FileNotFoundError, RuntimeError) as e:  # e.g. the generator not there yet
+      result["skipped"].append(f"{source}: {e}")
+      print(f"skipping {source}: {e}", flush=True)
+      continue
+    real_scenes = scenes if label == "real" or real_scenes is None else real_scenes
+    result["full_step"] += _full_step_cases(scenes, label, batch_sizes, agents, args.steps, cfg, args.repeats)
+  if real_scenes is not None and not args.no_components:
+    comp_b = [1] + [b for b in batch_sizes if b > 1][:1]
+    real_rows = [r for r in result["full_step"] if r["agents_requested"] == max(agents)]
+    result["components"] = _components(real_scenes, comp_b, args.steps, cfg, args.repeats, real_rows)
+  load1 = list(os.getloadavg())
+  result["machine"]["loadavg_end_1_5_15min"] = load1
+  cpus = os.cpu_count() or 1
+  result["noisy"] = max(load0[0], load1[0]) > 0.75 * cpus
+  result["note"] = ("load average above the core count: other processes shared the CPUs, timings are upper "
+                    "bounds" if result["noisy"] else "machine quiet during the run")
+  result["goals"] = _goals(result["full_step"])
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps(result["goals"], indent=2))
+  print(f"wrote {args.out}")
+  return 0
+
+
+def register(subparsers) -> None:
+  p = subparsers.add_parser("sim", help="simulator step cost by batch size and agents, its parts, off-road baseline")
+  p.add_argument("--scenes", default=f"{REAL_DIR},synthetic",
+                 help="comma-separated: scene folders and/or 'synthetic' (default: the real scenes and synthetic)")
+  p.add_argument("--batch-sizes", default="1,16,64,256", help="comma-separated batch sizes")
+  p.add_argument("--agents", default="1,64", help="comma-separated controlled agents per scene (<= 64)")
+  p.add_argument("--steps", type=int, default=80, help="steps per rollout (WOMD: 80 from t=10)")
+  p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
+  p.add_argument("--max-objects", type=int, default=128, help="SceneConfig.max_objects")
+  p.add_argument("--max-road-points", type=int, default=20000, help="SceneConfig.max_road_points")
+  p.add_argument("--no-components", action="store_true", help="skip the per-component timings")
+  p.add_argument("--quick", action="store_true", help="batch sizes 1,16, 20 steps, 2 repeats (for make bench)")
+  p.add_argument("--out", default="benchmarks/results/sim.json", help="JSON result file")
+  p.set_defaults(func=run)
