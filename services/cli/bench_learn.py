@@ -1,0 +1,240 @@
+"""`drivelab bench learn [--quick]`: learning benchmarks of the fused path -> benchmarks/results/learn.{json,png}.
+
+1. Synthetic: PPO from scratch, every vehicle controlled, evaluated greedily (done signals off) on held-out
+   synthetic scenes every few iterations: agent steps and wall time until the goal rate reaches the target with
+   collision + off-road at most `--max-failure` (issue 4: 95% and 3%), or the budget runs out.
+2. Real scenes (../shared/data): the logged self-driving car controlled, BC alone vs BC + PPO, reported as paper
+   002's Table 2 (failure rate, progress ratio, collision, off-road, off-route, red-light and stop-line
+   violations), on the training and the held-out scenes.
+`--quick` shortens everything for a 2-core machine (synthetic logs of 41 steps, small scene sets, time budgets):
+its numbers say that learning works and how fast, not what the full configuration reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+
+from services.cli import eval_cmd, train_cmd
+
+RESULTS_DIR = os.path.join("benchmarks", "results")
+REAL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "gpudrive_womd")
+TABLE2 = ("failure", "collision", "offroad", "offroute", "red_light_run", "stop_line_violation")
+
+
+def register(subparsers) -> None:
+  p = subparsers.add_parser("learn", help="learning benchmark (synthetic PPO; real BC vs BC + PPO)")
+  p.add_argument("--quick", action="store_true", help="small, time-boxed version for a laptop")
+  p.add_argument("--out-dir", default=RESULTS_DIR)
+  p.add_argument("--real-dir", default=os.path.normpath(REAL_DIR))
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--goal-target", type=float, default=0.95)
+  p.add_argument("--max-failure", type=float, default=0.03, help="largest collision + off-road rate at the target")
+  p.add_argument("--skip-real", action="store_true")
+  p.set_defaults(func=cmd_learn)
+
+
+def _settings(quick: bool) -> dict:
+  if quick:
+    return dict(num_timesteps=41, synth_scenes=12, synth_vehicles=(4, 10), max_objects=16, synth_budget_s=300,
+                eval_every=60, scenes_per_iter=4, bc_iters=150, ppo_iters=100, lr_ppo=1e-3, lr_bc=1e-3, net="tiny")
+  return dict(num_timesteps=91, synth_scenes=64, synth_vehicles=(10, 28), max_objects=32, synth_budget_s=3600,
+              eval_every=50, scenes_per_iter=8, bc_iters=1000, ppo_iters=1000, lr_ppo=3e-4, lr_bc=1e-3, net="small")
+
+
+def _agent(s: dict):
+  """The quick benchmark's tiny MLP (compiles and steps fast on 2 cores) or the small preset."""
+  from shared.algos import agent as agent_lib
+  from shared.nets import actor_critic, mlp
+  from shared.sim import actions
+
+  if s["net"] != "tiny":
+    return train_cmd.make_agent("mlp", s["net"])
+  net = actor_critic.NetConfig(encoder="mlp", mlp=mlp.MLPConfig(hidden=(128,), width=64), head_width=64, head_blocks=1)
+  return agent_lib.make_agent(net, actions.ActionGridConfig())
+
+
+def _args(s: dict, agents: str, **over) -> argparse.Namespace:
+  base = dict(lr=None, epochs=4, minibatches=2, scenes_per_iter=s["scenes_per_iter"], agents=agents)
+  base.update(over)
+  return argparse.Namespace(**base)
+
+
+def _summary_row(record_summary: dict) -> dict:
+  a = record_summary["all"]
+  row = {k: a[k]["rate"] for k in TABLE2 + ("goal_reached",)}
+  row.update(agents=a["agents"], progress_ratio=a["progress_ratio"]["mean"],
+             episodic_reward=a["episodic_reward"]["mean"])
+  return row
+
+
+def _evaluate(agent, params, scenes, env_cfg, seed) -> dict:
+  import jax
+
+  from shared import evaluation
+  from shared.sim import episode
+
+  res = evaluation.evaluate_scenes(agent.policy_fn(greedy=True), params, scenes, env_cfg, jax.random.PRNGKey(seed),
+                                   batch_size=min(4, len(scenes)))
+  return _summary_row(episode.summarize(res["per_agent"]))
+
+
+def _train(agent, cfg, scenes, iters: int, seed: int, params, curve: list, phase: str, on_eval=None,
+           eval_every: int = 0, budget_s: float | None = None):
+  """Runs up to `iters` iterations (or `budget_s` seconds); appends training rows to `curve`; returns params."""
+  import jax
+
+  from shared.algos import fused
+
+  carry = fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(seed), params)
+  step_fn = fused.make_train_iteration(agent, cfg)
+  t0 = time.perf_counter()
+  clock = {}
+
+  def on_iteration(carry, m, steps, wall):
+    it = int(carry.iteration)
+    if it == 1:  # the first iteration compiles; budgets and reported wall times start after it
+      clock.update(compile_s=round(time.perf_counter() - t0, 1), start=time.perf_counter())
+    wall = time.perf_counter() - clock["start"]
+    curve.append({"phase": phase, "iteration": it, "agent_steps": steps, "wall_s": round(wall, 2),
+                  **{k: round(m[k], 4) for k in ("goal_rate", "collision_rate", "offroad_rate", "loss") if k in m},
+                  **({"accuracy": round(m["accuracy"], 4)} if "accuracy" in m else {})})
+    over = budget_s is not None and wall >= budget_s
+    if on_eval is not None and eval_every and (it % eval_every == 1 or over or it == iters):
+      t_eval = time.perf_counter()
+      keep_going = on_eval(carry.train.params, steps, wall)
+      clock["start"] += time.perf_counter() - t_eval  # evaluation (and its compile) is not training time
+      if keep_going is False:
+        return False
+    return not over
+
+  carry, steps = fused.run(step_fn, carry, 10**12, on_iteration, show_progress=True, max_iterations=iters)
+  train_wall = time.perf_counter() - clock.get("start", t0)
+  return jax.device_get(carry.train.params), steps, train_wall, clock.get("compile_s")
+
+
+def synthetic_part(s: dict, seed: int, goal_target: float, max_failure: float) -> dict:
+  from shared import evaluation
+  from shared.scenes import types
+
+  from shared.scenes import synthetic
+
+  caps = types.SceneConfig(max_objects=s["max_objects"], max_road_points=3000, num_timesteps=s["num_timesteps"])
+  syn = synthetic.SyntheticConfig(num_timesteps=s["num_timesteps"], num_vehicles=tuple(s["synth_vehicles"]))
+  pairs = synthetic.generate_many(s["synth_scenes"], seed, syn, caps)
+  scenes, metas = [p[0] for p in pairs], [p[1] for p in pairs]
+  train_idx, held = evaluation.split_scenes(metas, 0.25, seed)
+  agent = _agent(s)
+  env_cfg = eval_cmd.env_config_for("all")
+  cfg = train_cmd.fused_config(_args(s, "all", lr=s["lr_ppo"]), "ppo", env_cfg)
+  curve, evals, reached = [], [], {}
+
+  def on_eval(params, steps, wall):
+    row = dict(_evaluate(agent, params, [scenes[i] for i in held], env_cfg, seed), agent_steps=steps,
+               wall_s=round(wall, 1))
+    evals.append(row)
+    if row["goal_reached"] >= goal_target and row["collision"] + row["offroad"] <= max_failure and not reached:
+      reached.update(agent_steps=steps, wall_s=round(wall, 1))
+      return False
+    return True
+
+  _, steps, wall, compile_s = _train(agent, cfg, [scenes[i] for i in train_idx], 10**9, seed, None, curve, "ppo",
+                                     on_eval, s["eval_every"], s["synth_budget_s"])
+  return {"scenes": {"train": len(train_idx), "held_out": len(held), "num_timesteps": s["num_timesteps"]},
+          "agents": "all", "net": s["net"], "ppo": dataclasses.asdict(cfg.ppo), "agent_steps": steps,
+          "wall_s": round(wall, 1), "compile_s": compile_s,
+          "target": {"goal_rate": goal_target, "max_collision_plus_offroad": max_failure},
+          "reached": reached or None, "held_out_evals": evals, "curve": curve}
+
+
+def real_part(s: dict, seed: int, real_dir: str) -> dict:
+  from shared import evaluation
+  from shared.scenes import types
+
+  caps = types.SceneConfig(max_objects=s["max_objects"], max_road_points=3000)
+  scenes, metas, _ = train_cmd.load_scenes(real_dir, None, seed, caps)
+  train_idx, held = evaluation.split_scenes(metas, 0.2, seed)
+  train_scenes = [scenes[i] for i in train_idx]
+  agent = _agent(s)
+  env_cfg = eval_cmd.env_config_for("sdc")
+  curve, rows = [], {}
+  bc_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_bc"], scenes_per_iter=min(4, len(train_scenes))), "bc",
+                                  env_cfg)
+  params, bc_steps, bc_wall, _ = _train(agent, bc_cfg, train_scenes, s["bc_iters"], seed, None, curve, "bc")
+  split_eval = lambda p: {"train": _evaluate(agent, p, train_scenes, env_cfg, seed),
+                          "held_out": _evaluate(agent, p, [scenes[i] for i in held], env_cfg, seed)}
+  rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))
+  ppo_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_ppo"], scenes_per_iter=min(4, len(train_scenes))),
+                                   "ppo", env_cfg)
+  params, ppo_steps, ppo_wall, _ = _train(agent, ppo_cfg, train_scenes, s["ppo_iters"], seed, params, curve, "ppo")
+  rows["bc+ppo"] = dict(split_eval(params), agent_steps=ppo_steps, wall_s=round(ppo_wall, 1))
+  import jax
+
+  from shared.sim import episode
+
+  log = evaluation.evaluate_scenes("log", None, scenes, env_cfg, jax.random.PRNGKey(seed),
+                                   batch_size=min(4, len(scenes)))
+  rows["log"] = {"all": _summary_row(episode.summarize(log["per_agent"]))}
+  return {"scenes": {"train": len(train_idx), "held_out": len(held), "dir": os.path.abspath(real_dir)},
+          "agents": "sdc", "net": s["net"], "table2": rows, "curve": curve}
+
+
+def plot(result: dict, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  syn = result.get("synthetic")
+  if syn:
+    ax = axes[0]
+    c = syn["curve"]
+    ax.plot([r["agent_steps"] for r in c], [r["goal_rate"] for r in c], alpha=0.4, label="training rollouts (sampled)")
+    e = syn["held_out_evals"]
+    ax.plot([r["agent_steps"] for r in e], [r["goal_reached"] for r in e], "o-", label="held-out goal (greedy)")
+    ax.plot([r["agent_steps"] for r in e], [r["collision"] + r["offroad"] for r in e], "s--",
+            label="held-out collision + off-road")
+    ax.set(title="synthetic, PPO from scratch, all vehicles", xlabel="agent steps", ylabel="rate", ylim=(0, 1))
+    ax.legend()
+  real = result.get("real")
+  if real:
+    ax = axes[1]
+    for phase, key in (("bc", "accuracy"), ("ppo", "goal_rate")):
+      c = [r for r in real["curve"] if r["phase"] == phase and key in r]
+      ax.plot([r["agent_steps"] for r in c], [r[key] for r in c], label=f"{phase}: {key} (training)")
+    ax.set(title="real scenes, SDC: BC then PPO", xlabel="agent steps (per phase)", ylim=(0, 1))
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+  s = _settings(args.quick)
+  t0 = time.perf_counter()
+  result = {"benchmark": "learn", "quick": args.quick, "settings": s, "machine": platform.platform(),
+            "cpu_count": os.cpu_count(), "command": "drivelab bench learn" + (" --quick" if args.quick else "")}
+  os.makedirs(args.out_dir, exist_ok=True)
+
+  def write():  # after each part, so a later failure keeps the earlier numbers
+    result["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    with open(os.path.join(args.out_dir, "learn.json.tmp"), "w") as f:
+      json.dump(result, f, indent=1)
+    os.replace(os.path.join(args.out_dir, "learn.json.tmp"), os.path.join(args.out_dir, "learn.json"))
+    plot(result, os.path.join(args.out_dir, "learn.png"))
+
+  result["synthetic"] = synthetic_part(s, args.seed, args.goal_target, args.max_failure)
+  write()
+  if not args.skip_real and os.path.isdir(args.real_dir):
+    result["real"] = real_part(s, args.seed, args.real_dir)
+    write()
+  print(json.dumps({k: v for k, v in result.items() if k not in ("synthetic", "real")}, indent=1))
+  return 0
+
+
+__all__ = ["register", "cmd_learn", "plot"]

@@ -1,0 +1,217 @@
+"""`drivelab train --algo ppo|bc [--pretrain bc] --scenes DIR|synthetic --steps N`: the fused single-process trainer.
+
+Runs shared.algos.fused (policy inside the jitted rollout, the learner's own update step) with a progress bar, and
+writes into --run-dir:
+  metrics_history.jsonl          one line per iteration: phase, iteration, agent_steps, wall_s, losses, rates
+  checkpoints/<phase>/ckpt_*.msgpack   atomic checkpoints (services.learner.checkpoint), the last 3 kept
+  policy.json                    how to rebuild the agent (net, preset, grid, agents) for `load_policy`
+  evaluations/, report/          greedy evaluation (done signals off) of the final params and the log, and the report
+A rerun with the same --run-dir resumes from the newest checkpoint (same scenes and flags: exactly where it stopped).
+The service-stack path is `drivelab up` (the learner service calls the same update steps).
+Exit codes: 0 ok, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+from services.cli import scenes_io
+
+NETS, PRESETS = ("mlp", "perceiver"), ("small", "base")
+
+
+def register(subparsers) -> None:
+  p = subparsers.add_parser("train", help="train a driving policy (fused single-process path)")
+  p.add_argument("--algo", choices=("ppo", "bc"), default="ppo")
+  p.add_argument("--pretrain", choices=("bc",), default=None, help="pretrain policy and value by BC first")
+  p.add_argument("--scenes", default="synthetic", help="folder of scenes, or 'synthetic'")
+  p.add_argument("--num", type=int, default=None, help="scenes to use (synthetic: how many; default 16)")
+  p.add_argument("--seed", type=int, default=0, help="synthetic scene seed and training seed")
+  p.add_argument("--steps", type=int, default=200_000, help="agent steps of the main algorithm")
+  p.add_argument("--pretrain-steps", type=int, default=None, help="agent steps of BC pretraining (default --steps)")
+  p.add_argument("--run-dir", default="runs/train", help="outputs and checkpoints; reruns resume from here")
+  p.add_argument("--agents", default="all", help="sdc | all | N controlled agents per scene")
+  p.add_argument("--net", choices=NETS, default="mlp")
+  p.add_argument("--preset", choices=PRESETS, default="small")
+  p.add_argument("--scenes-per-iter", type=int, default=4, help="scenes simulated per iteration")
+  p.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-4 PPO, 1e-3 BC)")
+  p.add_argument("--epochs", type=int, default=4)
+  p.add_argument("--minibatches", type=int, default=4)
+  p.add_argument("--checkpoint-every", type=int, default=20, help="iterations between checkpoints")
+  p.add_argument("--held-out-fraction", type=float, default=0.2)
+  p.add_argument("--no-eval", action="store_true", help="skip the final evaluation and report")
+  p.add_argument("--no-progress", action="store_true")
+  scenes_io.add_caps_arguments(p)
+  p.set_defaults(func=cmd_train, max_objects=32, max_road_points=3000)
+
+
+def load_scenes(scenes: str, num: int | None, seed: int, scene_cfg):
+  """(scenarios, metas, source) for a folder or 'synthetic'; raises ValueError."""
+  from shared.scenes import dataset, synthetic
+
+  if scenes == "synthetic":
+    num = 16 if num is None else num
+    syn = dataclasses.replace(synthetic.SyntheticConfig(), num_timesteps=scene_cfg.num_timesteps,
+                              init_step=scene_cfg.init_step)
+    pairs = synthetic.generate_many(num, seed, syn, scene_cfg)
+    return [p[0] for p in pairs], [p[1] for p in pairs], {"scenes": "synthetic", "num": num, "seed": seed}
+  if not os.path.isdir(scenes):
+    raise ValueError(f"--scenes: no such folder {scenes}")
+  res = dataset.load_folder(scenes, scene_cfg, limit=num)
+  return res.scenarios, res.metas, {"scenes": os.path.abspath(scenes), "num": num, "seed": seed}
+
+
+def make_agent(net: str, preset: str):
+  from shared.algos import agent as agent_lib
+  from shared.nets import actor_critic
+  from shared.sim import actions
+
+  grid = actions.ActionGridConfig()
+  return agent_lib.make_agent(actor_critic.preset(preset, net), grid)
+
+
+def fused_config(args, algo: str, env_cfg):
+  from shared.algos import bc_update, fused, ppo_update, training
+
+  lr = args.lr if args.lr is not None else (3e-4 if algo == "ppo" else 1e-3)
+  opt = training.OptimizerConfig(learning_rate=lr)
+  return fused.FusedConfig(
+      env=env_cfg, algo=algo, num_scenes=args.scenes_per_iter,
+      ppo=ppo_update.PPOUpdateConfig(optimizer=opt, num_epochs=args.epochs, num_minibatches=args.minibatches),
+      bc=bc_update.BCUpdateConfig(optimizer=opt, num_epochs=args.epochs, num_minibatches=args.minibatches))
+
+
+def _ckpt_template(carry):
+  return {"train": carry.train, "rng": carry.rng, "iteration": carry.iteration}
+
+
+def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int, params=None,
+                checkpoint_every: int = 20, show_progress: bool = True, t_offset: float = 0.0):
+  """Runs (or resumes) one phase; returns (params, agent_steps, wall_s). History lines are appended to the run."""
+  import jax
+
+  from services.learner import checkpoint
+  from shared.algos import fused
+
+  ckpt_dir = os.path.join(run_dir, "checkpoints", cfg.algo)
+  carry = fused.init_carry(agent, cfg, scenarios, jax.random.PRNGKey(seed), params)
+  done_steps, wall0 = 0, 0.0
+  restored = checkpoint.restore_latest(ckpt_dir, jax.device_get(_ckpt_template(carry)))
+  if restored is not None:
+    tree, _, extra = restored
+    carry = carry.replace(**jax.tree.map(jax.numpy.array, tree))
+    done_steps, wall0 = int(extra["agent_steps"]), float(extra.get("wall_s", 0.0))
+  iteration_fn = fused.make_train_iteration(agent, cfg)
+  history = open(os.path.join(run_dir, "metrics_history.jsonl"), "a")
+
+  def on_iteration(carry, metrics, steps, wall):
+    it = int(carry.iteration)
+    row = {"phase": cfg.algo, "iteration": it, "agent_steps": steps, "wall_s": round(wall0 + wall + t_offset, 3),
+           **{k: round(v, 6) for k, v in metrics.items()}}
+    history.write(json.dumps(row) + "\n")
+    history.flush()
+    if checkpoint_every and (it % checkpoint_every == 0 or steps >= total_steps):
+      checkpoint.save(ckpt_dir, _ckpt_template(carry), it, {"agent_steps": steps, "wall_s": wall0 + wall})
+
+  try:
+    carry, steps = fused.run(iteration_fn, carry, total_steps, on_iteration, show_progress, agent_steps_done=done_steps)
+  finally:
+    history.close()
+  return jax.device_get(carry.train.params), steps, wall0
+
+
+def evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, run_dir: str, source: dict,
+                        held_out_fraction: float, seed: int, policy_name: str, with_log: bool = True) -> dict:
+  """Greedy evaluation (done signals off) of `params` (and the log) into run_dir/evaluations; returns the record."""
+  import jax
+
+  from services.evaluator import report
+  from shared import evaluation
+
+  _, held = evaluation.split_scenes(metas, held_out_fraction, seed)
+  split = {"held_out_fraction": held_out_fraction, "seed": seed}
+  out = None
+  for name, policy in ([("log", "log")] if with_log else []) + [(policy_name, agent.policy_fn(greedy=True))]:
+    res = evaluation.evaluate_scenes(policy, params, scenarios, env_cfg, jax.random.PRNGKey(seed),
+                                     batch_size=min(4, len(scenarios)))
+    record = report.make_record(name, res["per_agent"], metas, source, evaluation.eval_env_config(env_cfg),
+                                None, held, split)
+    report.write_evaluation(run_dir, record, {k: res[k] for k in ("x", "y", "yaw")})
+    out = record
+  return out
+
+
+def load_policy(run_dir: str):
+  """(agent, params, policy.json dict) from a training run's newest checkpoint (PPO if any, else BC)."""
+  from services.learner import checkpoint
+
+  with open(os.path.join(run_dir, "policy.json")) as f:
+    meta = json.load(f)
+  for phase in ("ppo", "bc"):
+    found = checkpoint.list_checkpoints(os.path.join(run_dir, "checkpoints", phase))
+    if found:
+      raw, _, _ = checkpoint.read_raw(found[-1][1])
+      return make_agent(meta["net"], meta["preset"]), raw["train"]["params"], meta
+  raise FileNotFoundError(f"no checkpoint under {run_dir}/checkpoints")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+  from rich.console import Console
+
+  from services.cli import eval_cmd
+
+  console = Console()
+  try:
+    env_cfg = eval_cmd.env_config_for(args.agents)
+    scene_cfg = scenes_io.caps_from_args(args)
+    if args.steps < 1 or args.scenes_per_iter < 1:
+      raise ValueError("need --steps >= 1 and --scenes-per-iter >= 1")
+    if args.pretrain and args.algo != "ppo":
+      raise ValueError("--pretrain bc goes with --algo ppo")
+    scenarios, metas, source = load_scenes(args.scenes, args.num, args.seed, scene_cfg)
+  except ValueError as e:
+    console.print(f"drivelab train: {e}")
+    return 2
+  if not scenarios:
+    console.print(f"drivelab train: no scenes loaded from {args.scenes}")
+    return 2
+  from shared import evaluation
+
+  train_idx, _ = evaluation.split_scenes(metas, args.held_out_fraction, args.seed)
+  train_scenes = [scenarios[i] for i in train_idx]
+  os.makedirs(args.run_dir, exist_ok=True)
+  agent = make_agent(args.net, args.preset)
+  meta = {"net": args.net, "preset": args.preset, "agents": args.agents, "algo": args.algo, "pretrain": args.pretrain,
+          "source": source, "caps": dataclasses.asdict(scene_cfg)}
+  with open(os.path.join(args.run_dir, "policy.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+  console.print(f"training {args.algo}{' after BC' if args.pretrain else ''} on {len(train_scenes)} scenes "
+                f"({len(scenarios) - len(train_scenes)} held out), run dir {args.run_dir}")
+  t0, params = time.perf_counter(), None
+  phases = ([("bc", args.pretrain_steps or args.steps)] if args.pretrain else []) + [(args.algo, args.steps)]
+  for algo, steps in phases:
+    cfg = fused_config(args, algo, env_cfg)
+    params, done, _ = train_phase(agent, cfg, train_scenes, steps, args.run_dir, args.seed, params,
+                                  args.checkpoint_every, not args.no_progress)
+    console.print(f"{algo}: {done:,} agent steps, {time.perf_counter() - t0:.0f} s")
+  if not args.no_eval:
+    record = evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, args.run_dir,
+                                 dict(source, agents=args.agents), args.held_out_fraction, args.seed,
+                                 f"{args.algo}{'+bc' if args.pretrain else ''}")
+    eval_cmd.print_summary(console, record, "final policy, greedy, done signals off")
+    try:
+      from services.evaluator import report
+
+      paths = report.build_report(args.run_dir)
+      console.print(f"report: {paths['html']}")
+    except Exception as e:  # noqa: BLE001  the report is a convenience; training results are already written
+      console.print(f"report failed: {e!r}")
+  return 0
+
+
+__all__ = ["register", "cmd_train", "evaluate_and_report", "fused_config", "load_policy", "load_scenes",
+           "make_agent", "train_phase"]

@@ -1,0 +1,245 @@
+"""The fused single-process path (paper 002, 3.2.2): the policy acts inside the jitted `lax.scan` rollout over a batch
+of scenes, and the learner's update step runs on what it collected, all in one jitted `train_iteration`.
+
+  cfg = FusedConfig(env=env.EnvConfig(control_mode="all"), algo="ppo", num_scenes=4)
+  carry = init_carry(agent, cfg, scenarios, rng)          # scenarios: list of padded Scenario (the scene pool)
+  iteration = make_train_iteration(agent, cfg)
+  carry, metrics = iteration(carry)                       # one episode of B scenes + one PPO (or BC) update
+
+Each iteration draws `num_scenes` scenes from the pool (held on the device inside the carry), resets them, and rolls
+`num_steps` steps (default: to the end of the log, so episodes end by termination or the log's truncation).
+PPO: actions sampled from the current params (on-policy, GAE targets). BC: the closed-loop grid expert of the log
+(`rollout.grid_expert`) drives, and its grid actions with the rewards of that replay are the demonstration.
+The update is exactly the learner service's: `ppo_update` / `bc_update`.
+Shapes: B scenes, O objects, T steps; recorded arrays are (T, B, O, ...), observations (T + 1, B, O, ...).
+`run` is the Python driver around it: a rich progress bar (agent steps, steps/s, goal / collision rates) and a
+per-iteration callback (history lines, checkpoints, periodic evaluation live in the caller).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from shared.algos import bc_update, ppo_update, training
+from shared.algos.agent import Agent, as_net_input
+from shared.scenes import types
+from shared.sim import env, inverse, rollout
+
+Array = jax.Array
+Metrics = dict[str, Array]
+ALGOS = ("ppo", "bc")
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedConfig:
+  """Fused training settings.
+
+  Attributes:
+    env: the training environment (done signals on).
+    algo: "ppo" or "bc".
+    num_scenes: B, scenes simulated per iteration.
+    num_steps: steps per iteration (None: from init_step to the end of the log).
+    ppo: the PPO learner.
+    bc: the BC learner.
+  """
+
+  env: env.EnvConfig = env.EnvConfig()
+  algo: str = "ppo"
+  num_scenes: int = 4
+  num_steps: int | None = None
+  ppo: ppo_update.PPOUpdateConfig = ppo_update.PPOUpdateConfig()
+  bc: bc_update.BCUpdateConfig = bc_update.BCUpdateConfig()
+
+  def __post_init__(self):
+    if self.algo not in ALGOS:
+      raise ValueError(f"FusedConfig.algo must be one of {ALGOS}, got {self.algo!r}")
+
+  def steps_for(self, num_timesteps: int) -> int:
+    return num_timesteps - 1 - self.env.init_step if self.num_steps is None else int(self.num_steps)
+
+
+@flax.struct.dataclass
+class FusedCarry:
+  """Attributes: train (TrainingState), scenes (Scenario pool, (N, ...)), rng, iteration () int32."""
+
+  train: training.TrainingState
+  scenes: types.Scenario
+  rng: Array
+  iteration: Array
+
+
+@flax.struct.dataclass
+class Collected:
+  """One rollout of B scenes (see the module docstring for shapes)."""
+
+  obs: Any
+  factors: Array
+  logp: Array
+  value: Array
+  reward: Array
+  terminated: Array
+  truncated: Array
+  acting: Array
+  label_ok: Array
+  controlled0: Array
+  final: Any  # SimState after the rollout
+  overlap: Array  # (B, O) any overlap while acting
+  offroad: Array
+
+
+def _expert_act(agent: Agent, cfg: env.EnvConfig):
+  """Per-scene grid expert returning (grid action, label valid): the log is logged at t and t+1."""
+  expert = rollout.grid_expert(cfg)
+
+  def act(state, key):
+    o = state.scenario.objects
+    t1 = jnp.minimum(state.t + 1, o.x.shape[-1] - 1)
+    ok = inverse.log_target(o, t1)[3] & (state.t + 1 < o.x.shape[-1]) & jnp.take(o.valid, state.t, axis=-1)
+    return expert(state, None, key), ok
+
+  return act
+
+
+def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, rng: Array, expert: bool) -> Collected:
+  """Resets B scenes and rolls them `num_steps` steps under the policy (sampled) or the grid expert."""
+  ecfg = cfg.env
+  k_reset, k_roll = jax.random.split(rng)
+  state = env.reset_batch(scenarios, k_reset, ecfg)
+  obs0 = as_net_input(jax.vmap(lambda s: env.observe(s, ecfg))(state))
+  num_steps = cfg.steps_for(scenarios.objects.x.shape[-1])
+  expert_act = _expert_act(agent, ecfg)
+
+  def body(carry, key):
+    s, obs = carry
+    if expert:
+      grid, ok = jax.vmap(expert_act)(s, jax.random.split(key, s.t.shape[0]))
+      factors, logp, value = agent.to_factors(grid), jnp.zeros(grid.shape), jnp.zeros(grid.shape)
+    else:
+      a = agent.select_action(params, obs, key)
+      grid, factors, logp, value, ok = a.action, a.factors, a.logp, a.value, jnp.ones(a.action.shape, bool)
+    acting = s.controlled & ~s.done
+    s2, out = env.step_batch(s, grid, ecfg)
+    rec = dict(obs=obs, factors=factors, logp=logp, value=value, reward=out.reward, terminated=out.done & acting,
+               truncated=out.truncated & acting, acting=acting, label_ok=ok & acting,
+               overlap=out.metrics.overlap & acting, offroad=out.metrics.offroad & acting)
+    return (s2, as_net_input(out.obs)), rec
+
+  (final, obs_last), rec = jax.lax.scan(body, (state, obs0), jax.random.split(k_roll, num_steps))
+  obs = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), rec.pop("obs"), obs_last)
+  overlap, offroad = jnp.any(rec.pop("overlap"), 0), jnp.any(rec.pop("offroad"), 0)
+  return Collected(obs=obs, controlled0=state.controlled, final=final, overlap=overlap, offroad=offroad, **rec)
+
+
+def rollout_rates(c: Collected) -> Metrics:
+  """Episode rates over the agents controlled at reset: goal, collision, off-road; and agent steps taken."""
+  n = jnp.maximum(jnp.sum(c.controlled0), 1)
+  rate = lambda flags: jnp.sum(flags & c.controlled0) / n
+  return {"goal_rate": rate(c.final.goal_reached), "collision_rate": rate(c.overlap),
+          "offroad_rate": rate(c.offroad), "agent_steps": jnp.sum(c.acting).astype(jnp.float32),
+          "mean_episode_reward": jnp.sum(c.reward) / n}
+
+
+def to_trajectory(c: Collected) -> ppo_update.Trajectory:
+  return ppo_update.Trajectory(obs=c.obs, actions=c.factors, behaviour_logp=c.logp, behaviour_value=c.value,
+                               reward=c.reward, terminated=c.terminated, truncated=c.truncated,
+                               mask=c.acting.astype(jnp.float32))
+
+
+def to_demonstration(c: Collected) -> bc_update.Demonstration:
+  steps = c.reward.shape[0]
+  return bc_update.Demonstration(obs=jax.tree.map(lambda x: x[:steps], c.obs), actions=c.factors, reward=c.reward,
+                                 terminated=c.terminated, mask=c.label_ok.astype(jnp.float32))
+
+
+def sample_scenes(pool: types.Scenario, num: int, rng: Array) -> types.Scenario:
+  """`num` scenes of the pool, without replacement when the pool is large enough."""
+  n = pool.objects.x.shape[0]
+  idx = jax.random.choice(rng, n, (num,), replace=n < num)
+  return jax.tree.map(lambda x: x[idx], pool)
+
+
+def make_update_fn(agent: Agent, cfg: FusedConfig):
+  """The learner's un-jitted update for cfg.algo (the very function the learner service jits)."""
+  if cfg.algo == "ppo":
+    return ppo_update.make_ppo_update_fn(agent, cfg.ppo)
+  return bc_update.make_bc_update_fn(agent, cfg.bc)
+
+
+def make_train_iteration(agent: Agent, cfg: FusedConfig):
+  """Jitted `train_iteration(carry) -> (carry, metrics)`: COLLECT then UPDATE; the carry is donated."""
+  if agent.grid_cfg != cfg.env.actions:
+    raise ValueError(f"agent grid {agent.grid_cfg} != environment grid {cfg.env.actions}")
+  update = make_update_fn(agent, cfg)
+
+  def train_iteration(carry: FusedCarry) -> tuple[FusedCarry, Metrics]:
+    rng, k_scenes, k_roll = jax.random.split(carry.rng, 3)
+    # COLLECT
+    scenarios = sample_scenes(carry.scenes, cfg.num_scenes, k_scenes)
+    c = collect(agent, cfg, carry.train.params, scenarios, k_roll, expert=cfg.algo == "bc")
+    # UPDATE
+    batch = to_trajectory(c) if cfg.algo == "ppo" else to_demonstration(c)
+    train, metrics = update(carry.train, batch)
+    metrics = dict(metrics, **rollout_rates(c))
+    return carry.replace(train=train, rng=rng, iteration=carry.iteration + 1), metrics
+
+  return jax.jit(train_iteration, donate_argnums=0)
+
+
+def observation_example(scenario: types.Scenario, cfg: env.EnvConfig) -> Any:
+  """Shapes (ShapeDtypeStruct) of one scene's NetInput (O, ...), without running the simulator."""
+  return jax.eval_shape(lambda s: as_net_input(env.observe(env.reset(s, jax.random.PRNGKey(0), cfg), cfg)),
+                        scenario)
+
+
+def init_carry(agent: Agent, cfg: FusedConfig, scenarios: list[types.Scenario], rng: Array,
+               params: Any = None) -> FusedCarry:
+  """The carry for a scene pool; fresh params (host-drawn, no compile) unless `params` is given."""
+  pool = types.stack(list(scenarios))
+  k_params, k_train, k_carry = jax.random.split(rng, 3)
+  if params is None:
+    seed = int(jax.random.randint(k_params, (), 0, 2**31 - 1))
+    params = agent.host_init(seed, observation_example(scenarios[0], cfg.env))
+  opt = cfg.ppo.optimizer if cfg.algo == "ppo" else cfg.bc.optimizer
+  train = training.init_training_state(jax.tree.map(jnp.array, params), training.make_optimizer(opt), k_train)
+  return FusedCarry(train=train, scenes=pool, rng=k_carry, iteration=jnp.zeros((), jnp.int32))
+
+
+# DRIVER
+
+def run(iteration_fn, carry: FusedCarry, total_agent_steps: int, on_iteration=None, show_progress: bool = True,
+        max_iterations: int | None = None, agent_steps_done: int = 0) -> tuple[FusedCarry, int]:
+  """Calls `iteration_fn` until `total_agent_steps` agent steps (or `max_iterations`); returns (carry, agent steps).
+
+  on_iteration(carry, metrics: dict of floats, agent_steps: int, wall_s: float) runs after every iteration
+  (metrics are fetched to the host there, once per iteration) and may return False to stop early.
+  """
+  import time
+
+  from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+  columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+             TextColumn("{task.fields[info]}"))
+  t0, steps, it = time.perf_counter(), int(agent_steps_done), 0
+  with Progress(*columns, disable=not show_progress, transient=False) as bar:
+    task = bar.add_task("agent steps", total=int(total_agent_steps), completed=steps, info="compiling...")
+    while steps < total_agent_steps and (max_iterations is None or it < max_iterations):
+      carry, metrics = iteration_fn(carry)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      steps, it = steps + int(metrics["agent_steps"]), it + 1
+      wall = time.perf_counter() - t0
+      bar.update(task, completed=min(steps, total_agent_steps), info=(
+          f"{steps / max(wall, 1e-9):,.0f} steps/s  goal {metrics['goal_rate']:.2f}  "
+          f"collision {metrics['collision_rate']:.2f}  offroad {metrics['offroad_rate']:.2f}"))
+      if on_iteration is not None and on_iteration(carry, metrics, steps, wall) is False:
+        break
+  return carry, steps
+
+
+__all__ = ["ALGOS", "Collected", "FusedCarry", "FusedConfig", "collect", "init_carry", "make_train_iteration",
+           "make_update_fn", "observation_example", "rollout_rates", "run", "sample_scenes", "to_demonstration",
+           "to_trajectory"]
