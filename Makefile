@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 SCENES ?= synthetic
 RUN_DIR ?= runs/latest
+STACK_SECONDS ?= 45
+REAL ?=
 PYTEST_ARGS ?=
 export JAX_PLATFORMS ?= cpu
 # One persistent XLA compile cache shared by test workers, the stack's processes and later runs; stable hashing so
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: install
-	$(BIN)/drivelab demo --scenes $(SCENES) --out $(RUN_DIR)
+	$(BIN)/drivelab demo --scenes $(SCENES) --out $(RUN_DIR) --stack-seconds $(STACK_SECONDS) $(if $(REAL),--real $(REAL))
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --timeout 900 $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ AGENT_MODES = ("sdc", "all")
 
 def register(subparsers) -> None:
   p = subparsers.add_parser("eval", help="evaluate a policy (greedy, done signals off) on scenes")
-  p.add_argument("policy", help="log | expert-grid | expert-continuous | random | constant (checkpoints: later)")
+  p.add_argument("policy", help="log | expert-grid | expert-continuous | random | constant, or a `drivelab train` run dir")
   p.add_argument("--scenes", required=True, help="folder of scenes (JSON / shards), or 'synthetic'")
   p.add_argument("--num", type=int, default=None, help="scenes to use (synthetic: how many; default 8)")
   p.add_argument("--seed", type=int, default=0, help="synthetic scene seed and evaluation PRNG seed")
@@ -72,6 +72,16 @@ def _load(args, scene_cfg, progress):
   return res.scenarios, res.metas, source
 
 
+def _checkpoint_policy(run_dir: str):
+  """(Policy, params, name) from the newest checkpoint of a `drivelab train` run directory (greedy actions)."""
+  from services.cli import train_cmd
+  from shared import evaluation
+
+  agent, params, meta = train_cmd.load_policy(run_dir)
+  name = f"checkpoint-{os.path.basename(os.path.normpath(run_dir))}"
+  return evaluation.from_policy_fn(agent.policy_fn(greedy=True), name=name), params, name
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
   import jax
   from rich.console import Console
@@ -83,10 +93,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
   console = Console()
   if not console.is_terminal:  # piped output: rich would wrap the metrics table at 80 columns
     console = Console(width=170)
+  policy, params, policy_name = args.policy, None, args.policy
   if args.policy not in evaluation.POLICY_NAMES:
-    kind = "checkpoint directories are not evaluable yet" if os.path.isdir(args.policy) else "unknown policy"
-    console.print(f"drivelab eval: {kind}: {args.policy!r} (policies: {', '.join(evaluation.POLICY_NAMES)})")
-    return 2
+    if not os.path.isdir(args.policy):
+      console.print(f"drivelab eval: unknown policy {args.policy!r} (policies: "
+                    f"{', '.join(evaluation.POLICY_NAMES)}, or a `drivelab train` run directory)")
+      return 2
+    try:
+      policy, params, policy_name = _checkpoint_policy(args.policy)
+    except (OSError, ValueError, KeyError) as e:
+      console.print(f"drivelab eval: cannot load a checkpoint from {args.policy}: {e}")
+      return 2
   try:
     env_cfg = env_config_for(args.agents)
     scene_cfg = scenes_io.caps_from_args(args)
@@ -105,18 +122,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not scenarios:
       console.print(f"drivelab eval: no scenes loaded from {args.scenes}")
       return 1
-    task = progress.add_task(f"evaluating {args.policy}", total=len(scenarios))
+    task = progress.add_task(f"evaluating {policy_name}", total=len(scenarios))
     t0 = time.perf_counter()
-    res = evaluation.evaluate_scenes(args.policy, None, scenarios, env_cfg, jax.random.PRNGKey(args.seed),
+    res = evaluation.evaluate_scenes(policy, params, scenarios, env_cfg, jax.random.PRNGKey(args.seed),
                                      batch_size=min(args.batch_size, len(scenarios)),
                                      progress=lambda k, n: progress.update(task, completed=k))
     wall = time.perf_counter() - t0
   _, held = evaluation.split_scenes(metas, args.held_out_fraction, args.split_seed)
-  record = report.make_record(args.policy, res["per_agent"], metas, dict(source, agents=args.agents),
+  record = report.make_record(policy_name, res["per_agent"], metas, dict(source, agents=args.agents),
                               evaluation.eval_env_config(env_cfg), scene_cfg, held,
                               {"held_out_fraction": args.held_out_fraction, "seed": args.split_seed})
   record["wall_s"] = round(wall, 2)
-  print_summary(console, record, f"{args.policy} on {len(scenarios)} scenes ({wall:.1f} s)")
+  print_summary(console, record, f"{policy_name} on {len(scenarios)} scenes ({wall:.1f} s)")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(record, f, indent=1)
