@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from services.cli import provenance
+
 REAL_DIR = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gpudrive_womd"
 
 
@@ -160,15 +162,6 @@ def _machine() -> dict:
           "loadavg_1_5_15min": list(os.getloadavg())}
 
 
-def _git_commit() -> str | None:
-  import subprocess
-  try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-  except (OSError, subprocess.SubprocessError):
-    return None
-
-
 def _goals(rows: list[dict]) -> dict:
   """The issue's targets: <= 2 ms at batch 1 and <= 10 ms at batch 16 with up to 64 agents; us per agent-step
   falling with the batch."""
@@ -199,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
   cfg = env.EnvConfig(max_controlled=max(agents), done_on_collision=False, done_on_offroad=False,
                       stop_at_goal=False)
   load0 = list(os.getloadavg())
-  result = {"benchmark": "sim", "command": " ".join(["drivelab"] + sys.argv[1:]), "git_commit": _git_commit(),
+  result = {"benchmark": "sim", "command": " ".join(["drivelab"] + sys.argv[1:]),
+            "git_commit": provenance.git_commit(),
             "machine": _machine(), "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "scene_config": {"max_objects": args.max_objects, "max_road_points": args.max_road_points},
             "env": {"candidate_refresh_steps": cfg.candidate_refresh_steps,

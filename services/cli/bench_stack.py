@@ -25,6 +25,8 @@ import threading
 import time
 import urllib.request
 
+from services.cli import provenance
+
 
 
 def _machine() -> dict:
@@ -36,14 +38,6 @@ def _machine() -> dict:
     pass
   return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu_model": model,
           "python": sys.version.split()[0]}
-
-
-def _git_commit() -> str | None:
-  try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-  except (OSError, subprocess.SubprocessError):
-    return None
 
 
 def _agent_steps(port: int) -> float:
@@ -136,7 +130,8 @@ def run_in_process(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-  result = {"benchmark": "stack", "command": " ".join(["drivelab"] + sys.argv[1:]), "git_commit": _git_commit(),
+  result = {"benchmark": "stack", "command": " ".join(["drivelab"] + sys.argv[1:]),
+            "git_commit": provenance.git_commit(),
             "machine": _machine(), "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "scenes": args.scenes}
   with tempfile.TemporaryDirectory(prefix="bench-stack-") as run_dir:

@@ -27,6 +27,8 @@ import zmq
 
 from shared.wire import codec, schemas, transport
 
+from services.cli import provenance
+
 _UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _MIX = (("obs/ego", np.float32, 0.45), ("obs/agents", np.float16, 0.2), ("obs/roads", np.float32, 0.2),
         ("action", np.int32, 0.04), ("reward", np.float32, 0.04), ("log_prob", np.float32, 0.04),
@@ -263,14 +265,6 @@ def _machine() -> dict:
           "loadavg_1_5_15min": list(os.getloadavg())}  # other work on the box makes GB/s noisy
 
 
-def _git_commit() -> str | None:
-  try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    return out.stdout.strip() or None if out.returncode == 0 else None
-  except (OSError, subprocess.SubprocessError):
-    return None
-
-
 def _print(result: dict) -> None:
   from rich.console import Console
   from rich.table import Table
@@ -297,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
   sizes = [parse_size(x) for x in args.sizes.split(",")]
   transports = [x for x in args.transports.split(",") if x]
   ctx = transport.new_context()
-  result = {"benchmark": "wire", "command": " ".join(["drivelab"] + sys.argv[1:]), "git_commit": _git_commit(),
+  result = {"benchmark": "wire", "command": " ".join(["drivelab"] + sys.argv[1:]),
+            "git_commit": provenance.git_commit(),
             "machine": _machine(), "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds_per_case": args.seconds, "repeats": args.repeats, "throughput": [], "small": []}
   with tempfile.TemporaryDirectory(prefix="drivelab-bench-") as tmp:

@@ -20,6 +20,8 @@ import time
 
 from rich.console import Console
 
+from services.cli import provenance
+
 console = Console()
 
 
@@ -34,14 +36,6 @@ def register(subparsers) -> None:
   p.add_argument("--stack-seconds", type=float, default=0.0,
                  help="also run the whole service stack on synthetic scenes for this long (0: skip)")
   p.set_defaults(func=cmd_demo)
-
-
-def _git_commit() -> str | None:
-  try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                          cwd=pathlib.Path(__file__).resolve().parents[2]).stdout.strip() or None
-  except (OSError, subprocess.SubprocessError):
-    return None
 
 
 def _load_dataset(where: str, num: int, seed: int, out: pathlib.Path):
@@ -209,7 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sections.append(dict(label=label, source=where, num_scenes=len(scenarios), skipped=len(errors),
                          errors=errors, caps=dataclasses.asdict(caps), replays=replays, pictures=pictures))
   stack = _run_stack(args.stack_seconds, out) if args.stack_seconds > 0 else None
-  meta = dict(stack=stack, commit=_git_commit(), utc=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+  meta = dict(stack=stack, commit=provenance.git_commit(), utc=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
               machine=f"{platform.machine()} {platform.system()} python {platform.python_version()}",
               seconds=time.perf_counter() - t0, command="drivelab " + " ".join(sys.argv[1:]))
   (out / "demo.json").write_text(json.dumps(dict(meta=meta, sections=sections), indent=2, default=str))

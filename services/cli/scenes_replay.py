@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from services.cli import scenes_io
+from services.cli import provenance, scenes_io
 from shared.scenes import types
 from shared.sim import env, episode, inverse, rollout
 
@@ -160,7 +160,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
              + (f" --num {args.num} --seed {args.seed}" if args.dir == "synthetic" else ""))
   result.update(command=command, source=str(args.dir), expert=args.expert, agents=args.agents,
                 num_scenes=len(scenarios), seconds=round(time.perf_counter() - t0, 2), caps=dataclasses.asdict(config),
-                reference_waymax=WAYMAX_REFERENCE.get(args.expert))
+                reference_waymax=WAYMAX_REFERENCE.get(args.expert), git_commit=provenance.git_commit(),
+                machine=provenance.machine(), utc=provenance.utc_now())
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2))
