@@ -36,8 +36,10 @@ test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/drivelab bench sim --out benchmarks/results/sim.json
+	$(BIN)/drivelab bench sim --quick --out benchmarks/results/sim.json
 	$(BIN)/drivelab bench wire --out benchmarks/results/wire.json
+	$(BIN)/drivelab bench stack --out benchmarks/results/stack.json
+	$(BIN)/drivelab bench learn --quick --out-dir benchmarks/results
 
 up: install
 	$(BIN)/drivelab up
