@@ -30,15 +30,9 @@ ENV = {"scene_window": "DRIVELAB_BROKER_SCENE_WINDOW", "inference_slots": "DRIVE
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="drivelab serve broker")
-  runtime.add_args(p, runtime.CommonConfig)
-  runtime.add_args(p, BrokerConfig)
-  return p
+  return runtime.service_parser("broker", BrokerConfig)
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[BrokerConfig, runtime.CommonConfig]:
-  env = os.environ if env is None else env
-  args = parser().parse_args(argv)
-  cfg = runtime.merge(BrokerConfig, runtime.typed_from_env(BrokerConfig, env, ENV), args)
-  return cfg, runtime.common_from_env(env, args)
+  return runtime.load_service_config("broker", BrokerConfig, ENV, argv, os.environ if env is None else env)

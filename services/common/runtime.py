@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, Sequence
 
 import prometheus_client
 import zmq
@@ -114,6 +114,23 @@ def merge(cls: type, env_values: dict, args: argparse.Namespace | None, **fixed)
                    if getattr(args, f.name, None) is not None})
   values.update(fixed)
   return cls(**values)
+
+
+def service_parser(name: str, config_cls) -> argparse.ArgumentParser:
+  """`drivelab serve NAME` flags: the common ones plus every field of the service's config dataclass."""
+  p = argparse.ArgumentParser(prog=f"drivelab serve {name}")
+  add_args(p, CommonConfig)
+  add_args(p, config_cls)
+  return p
+
+
+def load_service_config(name: str, config_cls, env_names: Mapping[str, str], argv: Sequence[str] | None,
+                        env: Mapping[str, str]):
+  """(config, CommonConfig) from defaults < env vars (`env_names`: field -> variable) < CLI flags. The caller, a
+  service's config.py, hands in the environment: only config.py files read it."""
+  args = service_parser(name, config_cls).parse_args(argv)
+  cfg = merge(config_cls, typed_from_env(config_cls, env, env_names), args)
+  return cfg, common_from_env(env, args)
 
 
 def common_from_env(env: Mapping[str, str], args: argparse.Namespace | None = None) -> CommonConfig:

@@ -31,15 +31,9 @@ ENV = {"interval_s": "DRIVELAB_EVALUATOR_INTERVAL_S"}
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="drivelab serve evaluator")
-  runtime.add_args(p, runtime.CommonConfig)
-  runtime.add_args(p, EvaluatorConfig)
-  return p
+  return runtime.service_parser("evaluator", EvaluatorConfig)
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[EvaluatorConfig, runtime.CommonConfig]:
-  env = os.environ if env is None else env
-  args = parser().parse_args(argv)
-  cfg = runtime.merge(EvaluatorConfig, runtime.typed_from_env(EvaluatorConfig, env, ENV), args)
-  return cfg, runtime.common_from_env(env, args)
+  return runtime.load_service_config("evaluator", EvaluatorConfig, ENV, argv, os.environ if env is None else env)

@@ -29,15 +29,9 @@ ENV = {"max_batch_requests": "DRIVELAB_INFERENCE_MAX_BATCH"}
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="drivelab serve inference")
-  runtime.add_args(p, runtime.CommonConfig)
-  runtime.add_args(p, InferenceConfig)
-  return p
+  return runtime.service_parser("inference", InferenceConfig)
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[InferenceConfig, runtime.CommonConfig]:
-  env = os.environ if env is None else env
-  args = parser().parse_args(argv)
-  cfg = runtime.merge(InferenceConfig, runtime.typed_from_env(InferenceConfig, env, ENV), args)
-  return cfg, runtime.common_from_env(env, args)
+  return runtime.load_service_config("inference", InferenceConfig, ENV, argv, os.environ if env is None else env)

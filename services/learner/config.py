@@ -35,15 +35,9 @@ ENV = {"learning_rate": "DRIVELAB_LEARNER_LR", "checkpoint_every": "DRIVELAB_LEA
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="drivelab serve learner")
-  runtime.add_args(p, runtime.CommonConfig)
-  runtime.add_args(p, LearnerConfig)
-  return p
+  return runtime.service_parser("learner", LearnerConfig)
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[LearnerConfig, runtime.CommonConfig]:
-  env = os.environ if env is None else env
-  args = parser().parse_args(argv)
-  cfg = runtime.merge(LearnerConfig, runtime.typed_from_env(LearnerConfig, env, ENV), args)
-  return cfg, runtime.common_from_env(env, args)
+  return runtime.load_service_config("learner", LearnerConfig, ENV, argv, os.environ if env is None else env)

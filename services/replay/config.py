@@ -32,15 +32,9 @@ ENV = {"capacity": "DRIVELAB_REPLAY_CAPACITY", "sample_items": "DRIVELAB_REPLAY_
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="drivelab serve replay")
-  runtime.add_args(p, runtime.CommonConfig)
-  runtime.add_args(p, ReplayConfig)
-  return p
+  return runtime.service_parser("replay", ReplayConfig)
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[ReplayConfig, runtime.CommonConfig]:
-  env = os.environ if env is None else env
-  args = parser().parse_args(argv)
-  cfg = runtime.merge(ReplayConfig, runtime.typed_from_env(ReplayConfig, env, ENV), args)
-  return cfg, runtime.common_from_env(env, args)
+  return runtime.load_service_config("replay", ReplayConfig, ENV, argv, os.environ if env is None else env)

@@ -43,15 +43,9 @@ ENV = {"batch_size": "DRIVELAB_SCENE_LOADER_BATCH", "max_objects": "DRIVELAB_SCE
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="drivelab serve scene_loader")
-  runtime.add_args(p, runtime.CommonConfig)
-  runtime.add_args(p, SceneLoaderConfig)
-  return p
+  return runtime.service_parser("scene_loader", SceneLoaderConfig)
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[SceneLoaderConfig, runtime.CommonConfig]:
-  env = os.environ if env is None else env
-  args = parser().parse_args(argv)
-  cfg = runtime.merge(SceneLoaderConfig, runtime.typed_from_env(SceneLoaderConfig, env, ENV), args)
-  return cfg, runtime.common_from_env(env, args)
+  return runtime.load_service_config("scene_loader", SceneLoaderConfig, ENV, argv, os.environ if env is None else env)

@@ -42,17 +42,12 @@ ENV = {"mode": "DRIVELAB_SIMULATOR_MODE", "unroll_length": "DRIVELAB_SIMULATOR_U
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="drivelab serve simulator")
-  runtime.add_args(p, runtime.CommonConfig)
-  runtime.add_args(p, SimulatorConfig)
-  return p
+  return runtime.service_parser("simulator", SimulatorConfig)
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[SimulatorConfig, runtime.CommonConfig]:
-  env = os.environ if env is None else env
-  args = parser().parse_args(argv)
-  cfg = runtime.merge(SimulatorConfig, runtime.typed_from_env(SimulatorConfig, env, ENV), args)
+  cfg, common = runtime.load_service_config("simulator", SimulatorConfig, ENV, argv, os.environ if env is None else env)
   if cfg.mode not in ("fused", "service"):
     raise SystemExit(f"simulator: --mode must be fused or service, got {cfg.mode!r}")
-  return cfg, runtime.common_from_env(env, args)
+  return cfg, common
