@@ -222,11 +222,8 @@ def run(args: argparse.Namespace) -> int:
   result["note"] = ("load average above the core count: other processes shared the CPUs, timings are upper "
                     "bounds" if result["noisy"] else "machine quiet during the run")
   result["goals"] = _goals(result["full_step"])
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
   print(json.dumps(result["goals"], indent=2))
-  print(f"wrote {args.out}")
+  provenance.write_result(args.out, result)
   return 0
 
 

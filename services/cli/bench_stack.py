@@ -18,7 +18,6 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -142,10 +141,7 @@ def run(args: argparse.Namespace) -> int:
   result["bus_cost"] = 1.0 - ratio
   result["goal"] = {"bus_cost_below": 0.10, "met": result["bus_cost"] < 0.10}
   print(json.dumps({k: result[k] for k in ("stack", "in_process", "stack_over_in_process", "bus_cost")}, indent=1))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {args.out}")
+  provenance.write_result(args.out, result)
   return 0
 
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import multiprocessing as mp
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -308,10 +306,7 @@ def run(args: argparse.Namespace) -> int:
   big = [r["ratio"] for r in result["throughput"] if r["size_bytes"] >= (1 << 20)]
   result["goal"] = {"ours_over_raw_min_at_1MiB_up": min((x for x in big if x), default=None), "target": 0.9}
   _print(result)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {args.out}")
+  provenance.write_result(args.out, result)
   return 0
 
 

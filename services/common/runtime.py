@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Mapping, Protocol, Sequence
 
+import numpy as np
 import prometheus_client
 import zmq
 
@@ -187,6 +188,16 @@ class ParamsWatcher:
   def close(self) -> None:
     self._stop.set()
     self._thread.join(5.0)
+
+
+def take_params(watcher: ParamsWatcher, metrics) -> tuple[dict, int] | None:
+  """The newest Params as numpy arrays and their version (also set on drivelab_params_version); None if none new."""
+  msg = watcher.poll(0.0)
+  if msg is None:
+    return None
+  version = int(msg.fields["params_version"])
+  metrics.params_version.set(version)
+  return {k: np.asarray(v) for k, v in msg.arrays.items()}, version
 
 
 def watch_params(rt: "Runtime", curve=None) -> ParamsWatcher:

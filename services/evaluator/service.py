@@ -17,7 +17,6 @@ import os
 import time
 from typing import Any, Sequence
 
-import numpy as np
 
 from services.common import runtime, scenario_codec
 from services.evaluator import config as config_lib
@@ -64,11 +63,9 @@ class Evaluator:
     self.reports = 0
 
   def _poll_params(self) -> None:
-    msg = self.links.params.poll(0.0)
-    if msg is not None:
-      self.params = {k: np.asarray(v) for k, v in msg.arrays.items()}
-      self.params_version = int(msg.fields["params_version"])
-      self.rt.metrics.params_version.set(self.params_version)
+    got = runtime.take_params(self.links.params, self.rt.metrics)
+    if got is not None:
+      self.params, self.params_version = got
 
   def _evaluate(self) -> dict | None:
     msg = self.links.scenes.recv(0.5)

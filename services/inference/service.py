@@ -67,11 +67,9 @@ class Inference:
       pass
 
   def _poll_params(self) -> None:
-    msg = self.links.params.poll(0.0)
-    if msg is not None:
-      self.params = {k: np.asarray(v) for k, v in msg.arrays.items()}
-      self.params_version = int(msg.fields["params_version"])
-      self.rt.metrics.params_version.set(self.params_version)
+    got = runtime.take_params(self.links.params, self.rt.metrics)
+    if got is not None:
+      self.params, self.params_version = got
 
   def _receive(self) -> list[tuple[bytes, codec.Message]]:
     out = []

@@ -59,11 +59,9 @@ class Simulator:
 
   # PARAMS
   def _poll_params(self) -> None:
-    msg = self.links.params.poll(0.0)
-    if msg is not None:
-      self.params = {k: np.asarray(v) for k, v in msg.arrays.items()}
-      self.params_version = int(msg.fields["params_version"])
-      self.rt.metrics.params_version.set(self.params_version)
+    got = runtime.take_params(self.links.params, self.rt.metrics)
+    if got is not None:
+      self.params, self.params_version = got
       log.debug("event=params version=%d", self.params_version)
 
   def _current_params(self) -> dict:
