@@ -3,8 +3,11 @@
 For each transport (tcp on 127.0.0.1, ipc in a temp dir) and size, a spawned receiver process measures
 (a) ours: encode + send + recv + decode (schema-checked) of a Trajectory-like batch of mixed-dtype arrays summing
 to the size, (b) raw: one preallocated frame of the same bytes, (c) memcpy of the same bytes in one process.
-GB/s is counted at the receiver from its first to its last message. Small messages (<= 4 KiB): messages/s one
-way (PUSH/PULL) and DEALER/ROUTER round trips. Every receive has a timeout; a stalled case is reported as stalled.
+GB/s is counted at the receiver from its first to its last message, payload bytes only (ours: the arrays, not the
+header or packing padding). Fairness: ours and raw go through the same sockets (same options and HWMs), the same
+`transport.send_frames` on the sender and the same `transport.wait_readable` on the receiver, interleaved round by
+round. Small messages (<= 4 KiB): messages/s one way (PUSH/PULL) and DEALER/ROUTER round trips. Every receive has
+a timeout; a stalled case is reported as stalled and its receiver process replaced.
 Results (with command line, git commit, machine, UTC time) go to --out (default benchmarks/results/wire.json).
 """
 
@@ -56,12 +59,14 @@ def batch_message(size: int, seq: int = 0) -> codec.Message:
 
 
 def _receive_round(sock: zmq.Socket, mode: str, timeout_s: float) -> dict:
-  """Counts one round until END; `ours` decodes (schema-checked), `raw` takes one zero-copy frame, `rtt` echoes."""
+  """Counts one round until END; `ours` decodes (schema-checked), `raw` takes one zero-copy frame, `rtt` echoes.
+  Both one-way modes wait with the same `transport.wait_readable` and count payload bytes only (ours: the
+  arrays, not the header or the packed frame's alignment padding; raw: its one frame), so GB/s compare alike."""
   n, nbytes, t_first, t_last, stalled = 0, 0, 0.0, 0.0, False
-  cpu0 = cpu_first = time.process_time()  # process CPU, libzmq I/O threads included: robust to other load
+  cpu_first = time.process_time()  # process CPU, libzmq I/O threads included: robust to other load
   while True:
     if mode == "raw":  # one zero-copy frame, the best raw ZeroMQ can do
-      frames = [sock.recv(copy=False)] if sock.poll(int(timeout_s * 1000)) else None
+      frames = [sock.recv(copy=False)] if transport.wait_readable(sock, timeout_s) else None
     else:
       frames = transport.recv_frames(sock, timeout_s, n_route=1 if mode == "rtt" else 0)
     if frames is None:
@@ -71,17 +76,18 @@ def _receive_round(sock: zmq.Socket, mode: str, timeout_s: float) -> dict:
     if len(body) == 1 and memoryview(body[0]).nbytes == len(END) and bytes(memoryview(body[0])) == END:
       break
     if mode == "ours":
-      codec.decode(body)
-    elif mode == "rtt":
-      transport.send_frames(sock, body, route=frames[:1])
+      payload = codec.decode(body).nbytes
+    else:
+      payload = sum(memoryview(f).nbytes for f in body)
+      if mode == "rtt":
+        transport.send_frames(sock, body, route=frames[:1])
     t_last = time.perf_counter()
     if n == 0:
       t_first, cpu_first = t_last, time.process_time()  # the first message only starts the clock
     else:
-      nbytes += sum(memoryview(f).nbytes for f in body)
+      nbytes += payload
     n += 1
     frames = body = None  # free this message's buffers before the next arrives, in every mode alike
-  del cpu0
   return {"n": n, "bytes": nbytes, "secs": t_last - t_first if n > 1 else 0.0, "stalled": stalled,
           "recv_cpu_s": time.process_time() - cpu_first}
 

@@ -1,64 +1,50 @@
-"""Multipart message codec: one msgpack header frame + one raw frame per numpy array. No pickle, no jax.
+"""Multipart message codec: one msgpack header frame + raw array frames. No pickle, no jax.
 
-Frame 0 is a msgpack map:
-  {"magic": "drivelab/1", "schema": str, "version": int, "producer": str, "epoch": int, "seq": int,
-   "fields": {str: scalar | str | bytes | list | map}, "arrays": [[name, dtype, shape, frame], ...]}
-Frames 1..N hold the bytes of each array (C order, little-endian dtype strings such as "<f4", "|b1").
+Wire format "drivelab/2" (what `encode` writes). Frame 0 is a msgpack map:
+  {"magic": "drivelab/2", "schema": str, "version": int, "producer": str, "epoch": int, "seq": int,
+   "fields": {str: scalar | str | bytes | list | map}, "frames": int (all frames, header included),
+   "arrays": bin: msgpack of [[name, dtype, shape, frame] |                 # the array is the whole of `frame`
+                              [name, dtype, shape, frame, offset, nbytes]]  # bytes [offset, offset+nbytes) of a
+                                                                            # *packed* frame
+  }
+Arrays of `ZERO_COPY_MIN_BYTES` (64 KiB) or more get a frame of their own, sent zero-copy. All smaller arrays share
+ONE packed frame (the last), each at an offset that is a multiple of `PACK_ALIGN` (8, the largest itemsize, so
+every array is viewed in place), in message order, zero bytes between them, none after the last. Array bytes are
+C order, little-endian (dtype strings such as "<f4", "|b1"). A frame is either whole (one 4-element descriptor)
+or packed (6-element ones), never both. The descriptor block is bin so a receiver can validate each distinct
+layout once and recognise it by its bytes afterwards (`framing.parse_arrays`).
 
-`encode(msg)` returns frames ready for `transport.send_frames` (the arrays themselves, sent by buffer).
-`decode(frames, limits)` validates everything before touching array bytes and returns read-only
-`np.frombuffer` views over the received frames (zero-copy). Every failure raises `DecodeError(reason, detail)`,
-where `reason` is a short label used as the Prometheus label value of `drivelab_decode_errors_total{reason}`:
-  no_frames, too_many_frames, header_too_large, too_large, header_msgpack, header_not_map, bad_magic, missing_key, bad_type,
-  bad_field, bad_array_desc, duplicate_name, bad_dtype, too_many_dims, bad_shape, bad_frame_index, unused_frame,
-  size_mismatch, and (from `schemas.validate`) unknown_schema, bad_version, missing_array, unknown_array,
-  array_dtype, array_rank, missing_field, unknown_field, field_type.
+Versions: "drivelab/1" (descriptors as a plain msgpack list, 4 elements each, no "frames") still decodes, so old
+producers keep working with new consumers; a decoder older than this rejects "drivelab/2" as `bad_magic` (the
+detail names it), so upgrade consumers first. A "drivelab/N" this decoder does not know is `bad_wire_version`.
+The per-schema "version" is separate (`schemas.py`) and unchanged by the framing.
+
+`encode(msg)` returns frames ready for `transport.send_frames` (large arrays are sent by buffer, not copied here).
+`decode(frames, limits)` validates everything before touching array bytes and returns read-only numpy views over
+the received frames (zero-copy, packed arrays included). Every failure raises `DecodeError(reason, detail)`,
+`reason` being the Prometheus label of `drivelab_decode_errors_total{reason}`:
+  no_frames, too_many_frames, header_too_large, too_large, header_msgpack, header_not_map, bad_magic,
+  bad_wire_version, missing_key, bad_type, bad_field, frame_count, bad_array_desc, duplicate_name, bad_dtype,
+  too_many_dims, bad_shape, bad_frame_index, misaligned, out_of_range, overlap, unused_frame, size_mismatch, and
+  (from `schemas.validate`) unknown_schema, bad_version, missing_array, unknown_array, array_dtype, array_rank,
+  missing_field, unknown_field, field_type.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Sequence
 
 import msgpack
 import numpy as np
 
-MAGIC = "drivelab/1"
-HEADER_KEYS = {"magic": str, "schema": str, "version": int, "producer": str, "epoch": int, "seq": int,
-               "fields": dict, "arrays": list}
-ALLOWED_DTYPES = frozenset(np.dtype(d).str for d in (
-    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float16", "float32", "float64"))
-_DTYPES = {d: np.dtype(d) for d in ALLOWED_DTYPES}  # parsing a dtype string costs more than the lookup
-ZERO_COPY_MIN_BYTES = 64 * 1024  # below this a copying send is cheaper than pinning the buffer
-_MAX_FIELD_DEPTH = 8
+from shared.wire import framing
+from shared.wire.framing import (ALLOWED_DTYPES, HEADER_KEYS, MAGIC, MAGIC_V1, PACK_ALIGN,  # noqa: F401 (API)
+                                 WIRE_DTYPE_STR, ZERO_COPY_MIN_BYTES, DecodeError, Limits)
 
-
-class DecodeError(ValueError):
-  """A message failed validation; `reason` is a short stable label, `detail` says what exactly."""
-
-  def __init__(self, reason: str, detail: str = ""):
-    super().__init__(f"{reason}: {detail}" if detail else reason)
-    self.reason = reason
-    self.detail = detail
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-  """Caps checked before any allocation on decode.
-
-  Attributes:
-    max_frames: frames per message, header included.
-    max_header_bytes: size of the msgpack header frame.
-    max_total_bytes: all frames together.
-    max_dims: rank of any array.
-  """
-
-  max_frames: int = 257
-  max_header_bytes: int = 1 << 20
-  max_total_bytes: int = 1 << 30
-  max_dims: int = 8
+__all__ = ["ALLOWED_DTYPES", "HEADER_KEYS", "MAGIC", "MAGIC_V1", "PACK_ALIGN", "ZERO_COPY_MIN_BYTES", "DecodeError",
+           "Limits", "Message", "decode", "encode"]
+_PADS = [bytes(i) for i in range(PACK_ALIGN)]
 
 
 @dataclasses.dataclass
@@ -88,117 +74,93 @@ class Message:
     return sum(int(a.nbytes) for a in self.arrays.values())
 
 
-def _wire_array(a: Any) -> np.ndarray:
-  if type(a) is np.ndarray and a.flags.c_contiguous and a.dtype.str in ALLOWED_DTYPES:
-    return a  # the common case: no conversion, no copy
+def _wire_array(a: Any) -> tuple[np.ndarray, str]:
+  """(C-contiguous little-endian array, its dtype string); TypeError for a dtype outside the allow-list."""
+  if type(a) is np.ndarray and a.flags.c_contiguous:
+    s = WIRE_DTYPE_STR.get(a.dtype)
+    if s is not None:
+      return a, s  # the common case: no conversion, no copy
   a = np.asarray(a)
   if a.dtype.byteorder == ">":
     a = a.astype(a.dtype.newbyteorder("<"))
-  if a.dtype.str not in ALLOWED_DTYPES:
+  s = WIRE_DTYPE_STR.get(a.dtype)
+  if s is None:
     raise TypeError(f"dtype {a.dtype} not allowed on the wire (allowed: {sorted(ALLOWED_DTYPES)})")
-  return np.asarray(a, order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d
+  return np.asarray(a, order="C"), s  # not ascontiguousarray: it turns 0-d arrays into 1-d
 
 
 def encode(msg: Message) -> list:
-  """Message -> [header bytes, one C-contiguous array per frame] (arrays are sent by buffer, not copied here).
+  """Message -> [header bytes, one frame per large array (the array itself), packed frame of the small ones].
   Raises TypeError for a dtype outside the allow-list."""
-  descs, frames = [], [b""]
+  descs, frames, small, packed, off = [], [b""], [], [], 0
   for name, arr in msg.arrays.items():
-    a = _wire_array(arr)
-    descs.append((name, a.dtype.str, a.shape, len(frames)))
-    frames.append(a)
-  header = {"magic": MAGIC, "schema": msg.schema, "version": int(msg.version), "producer": msg.producer,
-            "epoch": int(msg.epoch), "seq": int(msg.seq), "fields": msg.fields, "arrays": descs}
-  frames[0] = msgpack.packb(header, use_bin_type=True)
+    a, dstr = _wire_array(arr)
+    n = a.nbytes
+    if n >= ZERO_COPY_MIN_BYTES:
+      descs.append((name, dstr, a.shape, len(frames)))
+      frames.append(a)
+      continue
+    pad = -off % PACK_ALIGN
+    if pad:
+      small.append(_PADS[pad])
+      off += pad
+    d = [name, dstr, a.shape, 0, off, n]  # frame index set below, once the frame count is known
+    descs.append(d)
+    packed.append(d)
+    small.append(a)
+    off += n
+  if packed:
+    for d in packed:
+      d[3] = len(frames)
+    frames.append(b"".join(small))  # one copy of all small arrays, instead of one send + one frame each
+  frames[0] = msgpack.packb({"magic": MAGIC, "schema": msg.schema, "version": int(msg.version),
+                             "producer": msg.producer, "epoch": int(msg.epoch), "seq": int(msg.seq),
+                             "fields": msg.fields, "frames": len(frames),
+                             "arrays": msgpack.packb(descs, use_bin_type=True)}, use_bin_type=True)
   return frames
 
 
-def _nbytes(frame) -> int:
-  return memoryview(frame).nbytes
+_VERDICTS: dict[tuple, Any] = {}  # structural signature -> the Schema object it was validated against
+_MAX_VERDICTS = 4096
 
 
-def _check_field(value: Any, depth: int = 0) -> bool:
-  if depth > _MAX_FIELD_DEPTH:
-    return False
-  if value is None or isinstance(value, (bool, int, float, str, bytes)):
-    return True
-  if isinstance(value, list):
-    return all(_check_field(v, depth + 1) for v in value)
-  if isinstance(value, dict):
-    return all(isinstance(k, str) and _check_field(v, depth + 1) for k, v in value.items())
-  return False  # msgpack ExtType / Timestamp
+def _check_schema(msg: Message, signature: tuple) -> None:
+  """`schemas.validate(msg)`, memoised. validate reads the schema name and version, each array's name, dtype and
+  rank, and each field's name and value type, nothing else; so its verdict on one message holds for every message
+  with the same signature. A verdict is reused only while `schemas.SCHEMAS` still holds the very Schema object it
+  was checked against. (A schema check that ever reads values or shapes must extend the signature.)"""
+  from shared.wire import schemas  # late import: schemas builds on this module
 
-
-def _parse_header(frame: Any) -> dict:
-  try:
-    header = msgpack.unpackb(memoryview(frame), raw=False, strict_map_key=True, use_list=True,
-                             timestamp=0)
-  except Exception as e:  # msgpack raises several unrelated types on garbage
-    raise DecodeError("header_msgpack", f"{type(e).__name__}: {e}") from None
-  if not isinstance(header, dict):
-    raise DecodeError("header_not_map", type(header).__name__)
-  if header.get("magic") != MAGIC:
-    raise DecodeError("bad_magic", repr(header.get("magic"))[:60])
-  for key, typ in HEADER_KEYS.items():
-    if key not in header:
-      raise DecodeError("missing_key", key)
-    v = header[key]
-    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-      raise DecodeError("bad_type", f"{key}: {type(v).__name__}")
-  if not _check_field(header["fields"]):
-    raise DecodeError("bad_field", "fields hold a non-msgpack-scalar value or nest too deep")
-  return header
-
-
-def _parse_desc(d: Any, limits: Limits, n_frames: int) -> tuple[str, np.dtype, tuple[int, ...], int]:
-  if type(d) is not list or len(d) != 4 or type(d[0]) is not str or type(d[2]) is not list:
-    raise DecodeError("bad_array_desc", repr(d)[:80])
-  name, dtype, shape, frame = d
-  dt = _DTYPES.get(dtype) if type(dtype) is str else None
-  if dt is None:
-    raise DecodeError("bad_dtype", f"{name}: {dtype!r}")
-  if len(shape) > limits.max_dims:
-    raise DecodeError("too_many_dims", f"{name}: {len(shape)} > {limits.max_dims}")
-  for s in shape:
-    if type(s) is not int or s < 0:
-      raise DecodeError("bad_shape", f"{name}: {shape!r}"[:80])
-  if type(frame) is not int or not 1 <= frame < n_frames:
-    raise DecodeError("bad_frame_index", f"{name}: {frame!r} (frames 1..{n_frames - 1})")
-  return name, dt, tuple(shape), frame
+  schema = schemas.SCHEMAS.get(msg.schema)
+  key = (msg.schema, msg.version, signature, tuple([(k, type(v)) for k, v in msg.fields.items()]))
+  if schema is not None and _VERDICTS.get(key) is schema:
+    return
+  schemas.validate(msg)
+  if len(_VERDICTS) >= _MAX_VERDICTS:  # bounded whatever producers send
+    _VERDICTS.clear()
+  _VERDICTS[key] = schema
 
 
 def decode(frames: Sequence[Any], limits: Limits = Limits(), check_schema: bool = True) -> Message:
-  """Frames (bytes, memoryviews or zmq.Frame) -> Message with read-only zero-copy arrays.
+  """Frames (bytes, memoryviews, numpy arrays or zmq.Frame) -> Message with read-only zero-copy arrays.
 
   With `check_schema` the message is also checked against `schemas.SCHEMAS` (name, version, arrays, fields).
   """
-  if len(frames) == 0 or len(frames) > limits.max_frames:
-    raise DecodeError("too_many_frames" if frames else "no_frames", f"{len(frames)} frames")
-  sizes = [_nbytes(f) for f in frames]
+  n_frames = len(frames)
+  if n_frames == 0 or n_frames > limits.max_frames:
+    raise DecodeError("too_many_frames" if n_frames else "no_frames", f"{n_frames} frames")
+  bufs = [memoryview(f).toreadonly() for f in frames]  # read-only views: the arrays cannot write into frames
+  sizes = [b.nbytes for b in bufs]
   if sizes[0] > limits.max_header_bytes:
     raise DecodeError("header_too_large", f"{sizes[0]} > {limits.max_header_bytes}")
   if sum(sizes) > limits.max_total_bytes:
     raise DecodeError("too_large", f"{sum(sizes)} > {limits.max_total_bytes}")
-  header = _parse_header(frames[0])
-  arrays, used = {}, set()
-  for d in header["arrays"]:
-    name, dtype, shape, idx = _parse_desc(d, limits, len(frames))
-    if name in arrays:
-      raise DecodeError("duplicate_name", name)
-    if idx in used:
-      raise DecodeError("bad_frame_index", f"{name}: frame {idx} used twice")
-    expect = math.prod(shape) * dtype.itemsize
-    if expect != sizes[idx]:
-      raise DecodeError("size_mismatch", f"{name}: shape {shape} x {dtype.itemsize} B = {expect} != {sizes[idx]}")
-    a = np.frombuffer(memoryview(frames[idx]), dtype=dtype).reshape(shape)
-    a.flags.writeable = False
-    arrays[name] = a
-    used.add(idx)
-  if len(used) != len(frames) - 1:
-    raise DecodeError("unused_frame", f"{len(frames) - 1 - len(used)} frames not named by any array")
+  header = framing.parse_header(bufs[0], n_frames)
+  rows, signature = framing.parse_arrays(header, sizes, limits)
+  ndarray = np.ndarray
+  arrays = {r[0]: ndarray(r[2], r[1], bufs[r[3]], r[4]) for r in rows}
   msg = Message(header["schema"], header["version"], header["producer"], header["epoch"], header["seq"],
                 header["fields"], arrays)
   if check_schema:
-    from shared.wire import schemas  # late import: schemas builds on this module
-    schemas.validate(msg)
+    _check_schema(msg, signature)
   return msg

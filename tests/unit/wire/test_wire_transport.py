@@ -236,7 +236,7 @@ def test_metrics_hooks_count_messages_bytes_errors_and_gaps(ctx):
   nbytes = 24 + 6 + 24 + 6  # per message: action int32 (2,3) + valid bool (2,3) + reward f32 (2,3) + done bool
   # bytes count whole messages (msgpack header + array frames), the same on both sides
   assert value("drivelab_bytes_out_total") == value("drivelab_bytes_in_total") > 2 * nbytes
-  assert value("drivelab_decode_errors_total", reason="unused_frame") == 1
+  assert value("drivelab_decode_errors_total", reason="frame_count") == 1  # header says 1 frame, 2 came
   assert value("drivelab_sequence_gaps_total") == 1
   raw.close(); prod.close(); cons.close()
 
@@ -258,3 +258,22 @@ def test_credit_window_bounds_in_flight_when_the_producer_binds(ctx):
   t.join(10)
   assert prod.sent == n and 1 <= worst <= window
   prod.close(); cons.close()
+
+
+def test_recv_frames_types_and_timeout(ctx):
+  """Route frames and the header arrive as bytes, array frames as zero-copy zmq.Frame; a timeout gives None."""
+  router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+  router.bind("inproc://recv-frames")
+  dealer.connect("inproc://recv-frames")
+  assert transport.recv_frames(router, 0.0, n_route=1) is None and transport.recv_frames(router, 0.05) is None
+  small = {"action": np.arange(6, dtype=np.int32).reshape(2, 3), "valid": np.ones((2, 3), bool)}
+  big = np.arange(codec.ZERO_COPY_MIN_BYTES // 4, dtype=np.float32).reshape(1, -1)
+  msg = schemas.make("Trajectory", "t", 0, arrays={**small, "obs/big": big, "reward": np.zeros((2, 3), np.float32),
+                                                    "done": np.zeros((2, 3), bool)}, params_version=0, env_steps=6)
+  transport.send_message(dealer, msg)
+  frames = transport.recv_frames(router, 5.0, n_route=1)
+  assert [type(f) for f in frames] == [bytes, bytes, zmq.Frame, zmq.Frame]  # identity, header, big, packed
+  out = codec.decode(frames[1:])
+  np.testing.assert_array_equal(out.arrays["obs/big"], big)
+  assert out.arrays["action"].tolist() == [[0, 1, 2], [3, 4, 5]]
+  router.close(0); dealer.close(0)
