@@ -84,10 +84,14 @@ def run_stack(args: argparse.Namespace, run_dir: str) -> dict:
 
 
 def run_in_process(args: argparse.Namespace) -> dict:
+  """The stack's work in one loop: the same engine, policy network, trajectory and replay-batch layout, and the
+  learner service's own update (services.learner.algo) on every `sample_items` unrolls."""
   import jax
   import numpy as np
 
-  from services.learner import policy
+  from services.common import policy_net, runtime
+  from services.learner import algo as algo_lib
+  from services.learner import config as learner_config
   from services.replay import config as replay_config
   from services.replay import service as replay_service
   from services.scene_loader import config as loader_config
@@ -100,25 +104,24 @@ def run_in_process(args: argparse.Namespace) -> dict:
   lc, sc, rc = loader_config.SceneLoaderConfig(), sim_config.SimulatorConfig(), replay_config.ReplayConfig()
   scenarios, _ = loader_service.load_scenes(args.scenes, lc)
   batches = dataset.batch_iterator(scenarios, lc.batch_size, seed=0)
-  engine = engine_lib.Engine(sim_service.env_config(sc), sc.unroll_length)
-  hp = policy.LearnerHyper()
-  update = policy.make_update_step(hp)
-  state, pending, steps, t0 = None, [], 0, None
+  env_cfg = sim_service.env_config(sc)
+  pn = policy_net.from_common(runtime.CommonConfig(), env_cfg)
+  engine = engine_lib.Engine(env_cfg, sc.unroll_length, policy=pn)
+  learner = algo_lib.make(pn, "ppo", learner_config.LearnerConfig())
+  state = learner.init_state()
+  pending, steps, updates, t0 = [], 0, 0, None
   end = time.monotonic() + args.start_timeout
   while time.monotonic() < end:
     engine.load(next(batches))
     while not engine.episode_over() and time.monotonic() < end:
-      if state is None:
-        state = policy.init_state(policy.init_params(engine.num_features, engine.num_actions), hp)
-      rec = engine.collect(state.params)
-      pending.append(rec)
+      rec = engine.collect(policy_net.to_flat(state.params))
+      pending.append(sim_service.trajectory_arrays(rec, np.asarray(engine.feat)))
       if len(pending) == rc.sample_items:
         sample = {k: np.stack([r[k] for r in pending]) for k in pending[0]}
-        batch = replay_service.to_batch_arrays(sample)
-        state, metrics = update(state, batch)
+        state, metrics = learner.update(state, learner.to_batch(replay_service.to_batch_arrays(sample)))
         jax.block_until_ready(metrics)
-        pending = []
-      if t0 is None and int(state.step) >= 2:  # both jits compiled: start the clock
+        pending, updates = [], updates + 1
+      if t0 is None and updates >= 2:  # both jits compiled: start the clock
         t0, end = time.monotonic(), time.monotonic() + args.seconds
       elif t0 is not None:
         steps += int(rec["valid"].sum())

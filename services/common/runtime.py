@@ -55,7 +55,10 @@ class CommonConfig:
     port_offset: added to every link's registry port, so stacks can share a host [DRIVELAB_PORT_OFFSET].
     scenes: "synthetic" or a folder of scene files [DRIVELAB_SCENES].
     run_dir: where checkpoints and reports go [DRIVELAB_RUN_DIR].
-    algo: learning algorithm name [DRIVELAB_ALGO].
+    algo: the learner's algorithm, "ppo" or "bc" (replay serves expert data for "bc") [DRIVELAB_ALGO].
+    net, preset: the policy network every process builds (services.common.policy_net: net "mlp" or "perceiver",
+      preset "tiny", "small", "base" or "large") [DRIVELAB_NET, DRIVELAB_NET_PRESET].
+    params_seed: seed of the version-0 params, which every process computes identically [DRIVELAB_PARAMS_SEED].
     log_level: logging level name [DRIVELAB_LOG_LEVEL].
     curve_dir: folder of CURVE keys (transport.create_curve_keys layout); set, every link is authenticated and
       encrypted; empty, plain TCP [DRIVELAB_CURVE_DIR].
@@ -70,7 +73,10 @@ class CommonConfig:
   port_offset: int = 0
   scenes: str = "synthetic"
   run_dir: str = "runs/latest"
-  algo: str = "ppo_lite"
+  algo: str = "ppo"
+  net: str = "mlp"
+  preset: str = "small"
+  params_seed: int = 0
   log_level: str = "INFO"
   curve_dir: str = ""
   parent_pid: int = 0
@@ -80,7 +86,8 @@ _ENV = {"metrics_port": "DRIVELAB_METRICS_PORT", "broker_host": "DRIVELAB_BROKER
         "replay_host": "DRIVELAB_REPLAY_HOST", "learner_host": "DRIVELAB_LEARNER_HOST",
         "port_offset": "DRIVELAB_PORT_OFFSET", "scenes": "DRIVELAB_SCENES", "run_dir": "DRIVELAB_RUN_DIR",
         "algo": "DRIVELAB_ALGO", "log_level": "DRIVELAB_LOG_LEVEL", "curve_dir": "DRIVELAB_CURVE_DIR",
-        "parent_pid": "DRIVELAB_PARENT_PID"}
+        "parent_pid": "DRIVELAB_PARENT_PID", "net": "DRIVELAB_NET",
+        "preset": "DRIVELAB_NET_PRESET", "params_seed": "DRIVELAB_PARAMS_SEED"}
 
 
 def typed_from_env(cls: type, env: Mapping[str, str], names: Mapping[str, str]) -> dict:

@@ -57,20 +57,41 @@ def metric_bars(rows: Sequence[tuple[str, dict]], out_path: str, split: str = "m
   return out_path
 
 
+# Periodic held-out evaluations in a history (rows with kind "eval", see services/cli/train_cmd.py): drawn together
+# in the first panel.
+EVAL_CURVES = (("eval/goal_reached", "goal reached"), ("eval/collision", "collision"), ("eval/offroad", "off-road"))
+NOT_PLOTTED = ("iteration",)
+
+
 def _numeric_keys(history: Sequence[dict], x_key: str) -> list[str]:
   keys: dict[str, None] = {}
   for row in history:
     for k, v in row.items():
-      if k != x_key and k not in X_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool):
+      if (k != x_key and k not in X_KEYS and k not in NOT_PLOTTED and not k.startswith("eval/")
+          and isinstance(v, (int, float)) and not isinstance(v, bool)):
         keys.setdefault(k, None)
   return list(keys)
 
 
+def _eval_panel(ax, history: Sequence[dict], x_key: str | None) -> None:
+  """Held-out goal, collision and off-road rates of the periodic evaluations against `x_key`."""
+  for colour, (key, label) in zip(COLOURS, EVAL_CURVES):
+    pts = [(r.get(x_key, i), r[key]) for i, r in enumerate(history) if isinstance(r.get(key), (int, float))]
+    if pts:
+      xs, ys = zip(*pts)
+      ax.plot(xs, ys, color=colour, lw=1.4, marker="o", ms=3, label=label)
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_title("held-out evaluation (greedy, done signals off)", fontsize=9)
+  ax.set_xlabel(x_key or "row", fontsize=8)
+  ax.legend(fontsize=7)
+
+
 def learning_curves(history: Sequence[dict], out_path: str, max_panels: int = 12) -> str | None:
-  """One panel per numeric key of a metrics history (list of dicts) against its first time key; None if the
-  history holds nothing to plot."""
+  """One panel per numeric key of a metrics history (list of dicts) against its first time key, after a first
+  panel of the periodic held-out evaluations if the history has any; None if it holds nothing to plot."""
   x_key = next((k for k in X_KEYS if any(k in r for r in history)), None)
-  keys = _numeric_keys(history, x_key)[:max_panels]
+  has_eval = any(key in r for r in history for key, _ in EVAL_CURVES)
+  keys = ([None] if has_eval else []) + _numeric_keys(history, x_key)[:max_panels - has_eval]
   if not keys:
     return None
   cols = min(3, len(keys))
@@ -78,6 +99,9 @@ def learning_curves(history: Sequence[dict], out_path: str, max_panels: int = 12
   fig = _figure(4.0 * cols, 2.6 * nrows)
   axes = np.atleast_1d(fig.subplots(nrows, cols, squeeze=False)).reshape(-1)
   for ax, key in zip(axes, keys):
+    if key is None:
+      _eval_panel(ax, history, x_key)
+      continue
     pts = [(r.get(x_key, i), r[key]) for i, r in enumerate(history) if isinstance(r.get(key), (int, float))]
     xs, ys = zip(*pts)
     ax.plot(xs, ys, color=COLOURS[0], lw=1.2, marker="." if len(xs) < 40 else None)

@@ -18,9 +18,8 @@ import time
 from typing import Any, Sequence
 
 
-from services.common import runtime, scenario_codec
+from services.common import policy_net, runtime, scenario_codec
 from services.evaluator import config as config_lib
-from services.learner import policy
 from services.simulator import engine as engine_lib
 from shared.sim import episode
 from shared.wire import flow, transport
@@ -72,8 +71,8 @@ class Evaluator:
     if msg is None:
       return None
     self.engine.load(scenario_codec.arrays_to_scenario(msg.arrays))
-    if self.params is None or policy.num_features(self.params) != self.engine.num_features:
-      self.params = policy.init_params(self.engine.num_features, self.engine.num_actions)
+    if self.params is None or not self.engine.policy.matches(self.params):
+      self.params = self.engine.policy.init_flat()  # version 0, as every process computes it
       self.params_version = 0
     with self.rt.metrics.time("evaluate"):
       return episode.summarize(self.engine.evaluate(self.params))
@@ -130,16 +129,17 @@ def bootstrap(cfg: config_lib.EvaluatorConfig, rt: runtime.Runtime, engine=None)
       reports=flow.CreditProducer(rt.ctx, runtime.endpoint(c, "eval"), bind=False, producer_id=rt.producer_id,
                                   epoch=rt.epoch, metrics=m, curve=client))
   links.scenes.tracker = transport.SequenceTracker()  # behind the broker: gaps are counted at the broker
-  return Evaluator(cfg, rt, links, engine if engine is not None else make_engine(cfg))
+  return Evaluator(cfg, rt, links, engine if engine is not None else make_engine(cfg, c))
 
 
-def make_engine(cfg: config_lib.EvaluatorConfig) -> engine_lib.Engine:
-  """The simulator engine with done signals off (evaluation), greedy actions."""
+def make_engine(cfg: config_lib.EvaluatorConfig, common: runtime.CommonConfig | None = None) -> engine_lib.Engine:
+  """The simulator engine with done signals off (evaluation), greedy actions of the stack's policy network."""
   from shared.sim import env
 
   env_cfg = env.EnvConfig(max_controlled=cfg.max_controlled, control_mode=cfg.control_mode,
                           done_on_collision=False, done_on_offroad=False)
-  return engine_lib.Engine(env_cfg, unroll_length=1, seed=cfg.seed, greedy=True)
+  pn = policy_net.from_common(common if common is not None else runtime.CommonConfig(), env_cfg)
+  return engine_lib.Engine(env_cfg, unroll_length=1, seed=cfg.seed, greedy=True, policy=pn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

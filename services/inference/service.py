@@ -5,7 +5,8 @@ ROUTER and says "ready" (a Heartbeat with status "ready") when it starts and whe
 `READY_INTERVAL_S`; the broker then hands it up to its slot count of requests as [client id, *request frames], and
 every reply [client id, *reply frames] returns one slot. All requests that are waiting are merged into one forward
 pass (up to `max_batch_requests`), padded to a power of two rows so jit compiles only a few shapes.
-Params: the newest version from the learner's PUB; version 0 (zeros) until one arrives.
+Policy: services.common.policy_net (the project's Agent over the flat features the simulators send). Params: the
+newest version from the learner's PUB; version 0 (`init_flat`, identical in every process) until one arrives.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from services.common import runtime
+from services.common import policy_net, runtime
 from services.inference import config as config_lib
-from services.learner import policy
 from shared.wire import codec, schemas, transport
 
 log = logging.getLogger(__name__)
@@ -44,17 +44,19 @@ def _pad_rows(n: int) -> int:
 
 
 class Inference:
-  """Thin shell around `policy.select_action`."""
+  """Thin shell around `PolicyNet.select_action`."""
 
-  def __init__(self, cfg: config_lib.InferenceConfig, rt: runtime.Runtime, links: Links):
+  def __init__(self, cfg: config_lib.InferenceConfig, rt: runtime.Runtime, links: Links,
+               policy: policy_net.PolicyNet | None = None):
     self.cfg, self.rt, self.links = cfg, rt, links
+    self.policy = policy if policy is not None else policy_net.from_common(rt.common)
     self.params: dict | None = None
     self.params_version = 0
     self.rng = jax.random.PRNGKey(cfg.seed + os.getpid())
     self.decode_errors: collections.Counter = collections.Counter()
     self.replies = 0
     self.seq = 0
-    self._select = jax.jit(policy.select_action, static_argnums=3)
+    self._select = jax.jit(self.policy.select_action, static_argnums=3)
     self._last_activity = 0.0
 
   def _ready(self) -> None:
@@ -85,22 +87,29 @@ class Inference:
       out.append((frames[0], msg))
     return out
 
-  def _params_for(self, num_features: int) -> dict:
-    if self.params is None or policy.num_features(self.params) != num_features:
-      from shared.sim import actions
-
-      self.params = policy.init_params(num_features, actions.num_actions(actions.ActionGridConfig()))
+  def _params(self) -> dict:
+    if self.params is None or not self.policy.matches(self.params):
+      self.params = self.policy.init_flat()  # version 0, as every process computes it
       self.params_version = 0
     return self.params
 
   def _answer(self, requests: list[tuple[bytes, codec.Message]]) -> None:
+    num_features = self.policy.num_features
+    bad = [(c, m) for c, m in requests if np.shape(m.arrays.get("obs/flat"))[-1:] != (num_features,)]
+    for _, m in bad:  # another network's features: say so, never feed them to this one
+      self.rt.metrics.decode_error("item_shape")
+      log.warning("event=reject reason=features producer=%s shape=%s want=%d", m.producer,
+                  np.shape(m.arrays.get("obs/flat")), num_features)
+    requests = [r for r in requests if not any(r is b for b in bad)]
+    if not requests:
+      return
     obs = [np.asarray(m.arrays["obs/flat"], np.float32) for _, m in requests]
     sizes = [len(o) for o in obs]
     rows = np.concatenate(obs)
     padded = np.zeros((_pad_rows(len(rows)), rows.shape[1]), np.float32)
     padded[:len(rows)] = rows
     self.rng, key = jax.random.split(self.rng)
-    params = self._params_for(rows.shape[1])
+    params = self._params()
     action, log_prob, value = (np.asarray(x) for x in self._select(params, jnp.asarray(padded), key,
                                                                     self.cfg.greedy))
     self.rt.metrics.batch_fill_ratio.set(len(rows) / len(padded))

@@ -1,4 +1,8 @@
-"""Learner settings. Env vars are read here and nowhere else in the service; CLI flags override them."""
+"""Learner settings. Env vars are read here and nowhere else in the service; CLI flags override them.
+
+The algorithm ("ppo" or "bc") and the network (net, preset, params_seed) are common settings (runtime.CommonConfig:
+`--algo`, `--net`, `--preset`), since replay and every acting process must agree with the learner on them.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +13,54 @@ from typing import Mapping, Sequence
 
 from services.common import runtime
 
+ALGOS = ("ppo", "bc")
+
 
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
   """Attributes:
-    learning_rate: Adam step size [DRIVELAB_LEARNER_LR].
-    gamma, gae_lambda: discount and GAE trace parameter.
+    learning_rate: Adam step size; 0 = the algorithm's default (3e-4 PPO, 1e-3 BC) [DRIVELAB_LEARNER_LR].
+    gamma, gae_lambda: discount and GAE / V-trace trace parameter.
+    clip_eps, entropy_coef, value_coef: PPO loss settings.
+    num_epochs, num_minibatches: passes over each ReplayBatch and gradient steps per pass (T x B samples must
+      divide by num_minibatches).
+    use_vtrace: V-trace targets (the actors' params lag the learner's, so their data is off-policy).
+    seed: the TrainingState's PRNG seed (minibatch shuffles).
     window: ReplayBatch messages in flight from replay (credits).
     publish_interval_s: params are re-published at least this often, so late subscribers catch up.
-    checkpoint_every: updates between atomic checkpoints under run_dir/checkpoints (0: never)
+    checkpoint_every: updates between atomic checkpoints under run_dir/checkpoints/<algo> (0: never)
       [DRIVELAB_LEARNER_CHECKPOINT_EVERY].
-    resume: start from run_dir/checkpoints/params.npz when it exists.
+    keep_checkpoints: newest checkpoints kept.
+    resume: start from the newest checkpoint when there is one.
+    coordinator: HOST:PORT of jax.distributed's coordinator, for several learner replicas averaging gradients
+      (each with its own replay table) [DRIVELAB_LEARNER_COORDINATOR].
+    num_processes, process_id: learner replicas and this one's index (num_processes > 1 needs a coordinator)
+      [DRIVELAB_LEARNER_NUM_PROCESSES, DRIVELAB_LEARNER_PROCESS_ID].
   """
 
-  learning_rate: float = 3e-3
+  learning_rate: float = 0.0
   gamma: float = 0.99
   gae_lambda: float = 0.95
+  clip_eps: float = 0.2
+  entropy_coef: float = 0.01
+  value_coef: float = 0.5
+  num_epochs: int = 2
+  num_minibatches: int = 4
+  use_vtrace: bool = True
+  seed: int = 0
   window: int = 2
   publish_interval_s: float = 2.0
   checkpoint_every: int = 50
+  keep_checkpoints: int = 3
   resume: bool = True
+  coordinator: str = ""
+  num_processes: int = 1
+  process_id: int = 0
 
 
-ENV = {"learning_rate": "DRIVELAB_LEARNER_LR", "checkpoint_every": "DRIVELAB_LEARNER_CHECKPOINT_EVERY"}
+ENV = {"learning_rate": "DRIVELAB_LEARNER_LR", "checkpoint_every": "DRIVELAB_LEARNER_CHECKPOINT_EVERY",
+       "coordinator": "DRIVELAB_LEARNER_COORDINATOR", "num_processes": "DRIVELAB_LEARNER_NUM_PROCESSES",
+       "process_id": "DRIVELAB_LEARNER_PROCESS_ID"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,4 +69,11 @@ def parser() -> argparse.ArgumentParser:
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[LearnerConfig, runtime.CommonConfig]:
-  return runtime.load_service_config("learner", LearnerConfig, ENV, argv, os.environ if env is None else env)
+  cfg, common = runtime.load_service_config("learner", LearnerConfig, ENV, argv, os.environ if env is None else env)
+  if common.algo not in ALGOS:
+    raise SystemExit(f"learner: --algo must be one of {ALGOS}, got {common.algo!r}")
+  if cfg.num_processes > 1 and not cfg.coordinator:
+    raise SystemExit("learner: --num-processes > 1 needs --coordinator HOST:PORT")
+  if not 0 <= cfg.process_id < max(cfg.num_processes, 1):
+    raise SystemExit(f"learner: --process-id {cfg.process_id} not in 0..{cfg.num_processes - 1}")
+  return cfg, common

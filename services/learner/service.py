@@ -1,11 +1,20 @@
-"""Learner: ReplayBatch in (replay, credits) -> one pure `update_step` -> Params out (PUB, versioned).
+"""Learner: ReplayBatch in (replay, credits) -> one pure `update_step(state, batch)` -> Params out (PUB, versioned).
 
-The process only pulls data, calls `update_step(state, batch) -> (state, metrics)` and publishes (STYLE.md 2).
-Until the PPO issue lands the algorithm is `services.learner.policy` (PPO-clip on a linear policy); version 0 is
-zeros everywhere, and every update publishes version + 1. Params are also re-published every
-`publish_interval_s` (PUB/SUB drops what a subscriber missed while joining; the newest version wins). Checkpoints
-are atomic (write, then rename) and a restart resumes from them. EvalReports from the evaluator are logged and
-already exported by the evaluator itself.
+`--algo ppo|bc` (common setting, so replay serves the matching table): the update steps are the fused path's own
+(services.learner.algo over shared.algos.ppo_update / bc_update) on the stack's policy network
+(services.common.policy_net: `--net`, `--preset`). PPO takes V-trace targets by default (the simulators act with
+params that lag the learner's); BC clones the scene loader's logged expert actions from replay's expert table.
+
+Versions: version 0 is the params every process computes on its own (`PolicyNet.init_flat`); every update publishes
+version + 1, flattened to "/"-joined keys; params are also re-published every `publish_interval_s` (PUB/SUB drops
+what a subscriber missed while joining; the newest version wins). Checkpoints (services.learner.checkpoint: save /
+restore_latest) hold {"train": TrainingState} under run_dir/checkpoints/<algo>, every `checkpoint_every` updates
+and at shutdown; a restart resumes from the newest with the same version, params, optimizer moments, step and PRNG
+key. run_dir/policy.json says how to rebuild the network (what `drivelab eval` reads).
+Scale-out: `--num-processes N --process-id I --coordinator HOST:PORT` joins N learners (each with its own replay)
+through jax.distributed; the update then averages gradients over every process's devices.
+Metrics: drivelab_learner_loss{name}, params_version, params_version_lag, drivelab_learner_updates_total,
+drivelab_learner_samples_total, drivelab_learner_updates_per_second.
 
 Links: binds replay_samples (ROUTER consumer), params (PUB) and eval (ROUTER consumer).
 """
@@ -13,23 +22,23 @@ Links: binds replay_samples (ROUTER consumer), params (PUB) and eval (ROUTER con
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
 from typing import Any, Sequence
 
 import jax
-import numpy as np
+import prometheus_client
 
-from services.common import runtime
+from services.common import policy_net, runtime
+from services.learner import algo as algo_lib
+from services.learner import checkpoint
 from services.learner import config as config_lib
-from services.learner import policy
-from shared.sim import actions
+from shared.algos import distributed
 from shared.wire import codec, flow, schemas, transport
 
 log = logging.getLogger(__name__)
-BATCH_KEYS = {"obs": "obs/flat", "action": "action", "reward": "reward", "done": "done", "valid": "valid",
-              "log_prob": "log_prob", "value": "value"}
 
 
 @dataclasses.dataclass
@@ -42,69 +51,92 @@ class Links:
   eval_in: Any
 
 
-def checkpoint_path(run_dir: str) -> str:
-  return os.path.join(run_dir, "checkpoints", "params.npz")
-
-
-def save_checkpoint(path: str, params: dict, version: int) -> None:
-  """Atomic: a reader sees the old file or the new one, never half of one."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, __version__=np.int64(version), **{k: np.asarray(v) for k, v in params.items()})
-  os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> tuple[dict, int]:
-  with np.load(path, allow_pickle=False) as z:
-    return {k: np.asarray(z[k]) for k in z.files if k != "__version__"}, int(z["__version__"])
+def checkpoint_dir(run_dir: str, algo: str) -> str:
+  return os.path.join(run_dir, "checkpoints", algo)
 
 
 class Learner:
-  """Thin shell around `policy.make_update_step`."""
+  """Thin shell around `LearnerAlgo.update`."""
 
-  def __init__(self, cfg: config_lib.LearnerConfig, rt: runtime.Runtime, links: Links):
+  def __init__(self, cfg: config_lib.LearnerConfig, rt: runtime.Runtime, links: Links,
+               policy: policy_net.PolicyNet | None = None):
     self.cfg, self.rt, self.links = cfg, rt, links
-    self.hp = policy.LearnerHyper(learning_rate=cfg.learning_rate, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda)
-    self.update_step = policy.make_update_step(self.hp)
-    self.state: policy.TrainingState | None = None
-    self.version = 0
-    self.seq = 0
-    self._last_publish = 0.0
-    self.num_actions = actions.num_actions(actions.ActionGridConfig())
-    self.ckpt = checkpoint_path(rt.common.run_dir)
-    if cfg.resume and os.path.exists(self.ckpt):
-      params, self.version = load_checkpoint(self.ckpt)
-      self.state = policy.init_state(params, self.hp)
-      log.info("event=resume version=%d path=%s", self.version, self.ckpt)
+    self.algo_name = rt.common.algo
+    self.algo = algo_lib.make(policy or policy_net.from_common(rt.common), self.algo_name, cfg)
+    self.ckpt_dir = checkpoint_dir(rt.common.run_dir, self.algo_name)
+    self.state = self.algo.init_state()
+    self.version, self.samples, self.seq, self._last_publish = 0, 0, 0, 0.0
+    self._metrics()
+    if cfg.resume:
+      self._resume()
+    self._write_policy_json()
 
-  def _batch(self, msg: codec.Message) -> dict[str, np.ndarray]:
-    return {k: np.asarray(msg.arrays[name]) for k, name in BATCH_KEYS.items()}
+  def _metrics(self) -> None:
+    r = self.rt.registry
+    self.updates_total = prometheus_client.Counter("drivelab_learner_updates", "Learner updates done", registry=r)
+    self.samples_total = prometheus_client.Counter("drivelab_learner_samples", "Valid samples learned from",
+                                                   registry=r)
+    self.updates_per_s = prometheus_client.Gauge("drivelab_learner_updates_per_second",
+                                                 "Updates per second (moving average)", registry=r)
+    self._rate, self._last_update_s = 0.0, None
+
+  def _resume(self) -> None:
+    restored = checkpoint.restore_latest(self.ckpt_dir, algo_lib.host({"train": self.state}))
+    if restored is None:
+      return
+    tree, self.version, extra = restored
+    self.state = self.algo.place(tree["train"])
+    self.samples = int(extra.get("samples", 0))
+    log.info("event=resume version=%d step=%d dir=%s", self.version, int(tree["train"].step), self.ckpt_dir)
+
+  def _write_policy_json(self) -> None:
+    path = os.path.join(self.rt.common.run_dir, "policy.json")
+    meta = dict(policy_net.policy_meta(self.algo.policy), algo=self.algo_name, source="stack")
+    os.makedirs(self.rt.common.run_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(meta, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+  def save(self) -> None:
+    # Every replica saves (the states are identical), so each restarts from its own run_dir; on a shared run_dir
+    # the atomic rename makes concurrent writes of the same checkpoint harmless.
+    checkpoint.save(self.ckpt_dir, algo_lib.host({"train": self.state}), self.version,
+                    extra={"samples": self.samples, "algo": self.algo_name}, keep=self.cfg.keep_checkpoints)
+
+  def params_flat(self) -> dict:
+    return policy_net.to_flat(algo_lib.host(self.state.params))
 
   def _publish(self) -> None:
-    if self.state is None:
-      return
     self._last_publish = time.monotonic()
-    params = {k: np.asarray(v) for k, v in self.state.params.items()}
     self.seq += 1
-    msg = schemas.make("Params", self.rt.producer_id, self.seq, self.rt.epoch, arrays=params,
-                       params_version=self.version, learner_step=int(self.state.step), algo=self.rt.common.algo)
+    msg = schemas.make("Params", self.rt.producer_id, self.seq, self.rt.epoch, arrays=self.params_flat(),
+                       params_version=self.version, learner_step=int(algo_lib.host(self.state.step)),
+                       algo=self.algo_name)
     self.links.params.publish(msg)
     self.rt.metrics.params_version.set(self.version)
 
-  def _learn(self, msg: codec.Message) -> None:
-    batch = self._batch(msg)
-    if self.state is None:
-      self.state = policy.init_state(policy.init_params(batch["obs"].shape[-1], self.num_actions), self.hp)
+  def learn(self, msg: codec.Message) -> dict[str, float]:
+    """One update on one ReplayBatch; returns its metrics (floats)."""
+    batch = self.algo.prepare(msg.arrays)
     with self.rt.metrics.time("update"):
-      self.state, metrics = self.update_step(self.state, batch)
-      metrics = jax.tree.map(float, metrics)
+      self.state, metrics = self.algo.update(self.state, batch)
+      metrics = {k: float(v) for k, v in algo_lib.host(metrics).items()}
     self.version += 1
+    self.samples += int(metrics.get("samples", 0))
     for name, value in metrics.items():
       self.rt.metrics.learner_loss.labels(name=name).set(value)
+    self.updates_total.inc()
+    self.samples_total.inc(metrics.get("samples", 0))
+    now = time.monotonic()
+    if self._last_update_s is not None:  # exponential moving average of the update rate
+      self._rate = 0.8 * self._rate + 0.2 / max(now - self._last_update_s, 1e-6)
+      self.updates_per_s.set(self._rate)
+    self._last_update_s = now
     self.rt.metrics.params_version_lag.set(self.version - int(msg.fields.get("params_version", self.version)))
     self._publish()
     if self.cfg.checkpoint_every and self.version % self.cfg.checkpoint_every == 0:
-      save_checkpoint(self.ckpt, self.state.params, self.version)
+      self.save()
+    return metrics
 
   def _eval_report(self, msg: codec.Message) -> None:
     """Logs the report; its numbers are "<agents>/<metric>" keys (see services.evaluator.service.flatten)."""
@@ -116,7 +148,8 @@ class Learner:
   def run_once(self) -> None:
     msg = self.links.samples.recv(0.05)
     if msg is not None and msg.schema == "ReplayBatch":
-      self._learn(msg)
+      metrics = self.learn(msg)
+      log.debug("event=update version=%d %s", self.version, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     elif msg is not None:
       self.rt.metrics.decode_error("wrong_schema")
     report = self.links.eval_in.recv(0.0)
@@ -124,16 +157,24 @@ class Learner:
       self._eval_report(report)
     if time.monotonic() - self._last_publish > self.cfg.publish_interval_s:
       self._publish()
-    self.rt.heartbeat(params_version=self.version)
+    self.rt.heartbeat(params_version=self.version, updates_per_s=f"{self._rate:.2f}")
 
   def close(self) -> None:
-    if self.state is not None and self.cfg.checkpoint_every:
-      save_checkpoint(self.ckpt, self.state.params, self.version)
+    log.info("event=final params_version=%d samples=%d algo=%s", self.version, self.samples, self.algo_name)
+    if self.cfg.checkpoint_every and self.version > 0:
+      self.save()
     for link in (self.links.samples, self.links.params, self.links.eval_in):
       link.close()
 
 
+def init_distributed(cfg: config_lib.LearnerConfig) -> None:
+  """Joins the other learner replicas (before any JAX computation); a no-op for a single learner."""
+  if distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id):
+    log.info("event=distributed process=%d/%d devices=%d", cfg.process_id, cfg.num_processes, jax.device_count())
+
+
 def bootstrap(cfg: config_lib.LearnerConfig, rt: runtime.Runtime) -> Learner:
+  init_distributed(cfg)
   server = rt.curve(bind=True)  # CURVE keys, or None when curve_dir is unset
   c, m = rt.common, rt.metrics
   links = Links(

@@ -7,7 +7,10 @@ instead of growing any queue. A sample of `sample_items` items becomes one Repla
 items older than the newest params by more than `max_staleness_versions` are masked out (valid=False), counted.
 
 The expert table (shared.replay.UniformBuffer) keeps the scene loader's ExpertTrajectories for the imitation
-learners (BC, GAIL, IQ-Learn) to sample; until one runs, replay only stores and counts them.
+learners. With the stack's algo "bc" (DRIVELAB_ALGO) the learner's ReplayBatches come from it instead (table
+"expert": `sample_items` messages drawn uniformly, (T_log, sample_items * B, ...) with reward/done/terminated), and
+the simulators' Trajectories, which BC does not use, are consumed and counted (`dropped_total{what=
+"unused_trajectory"}`) so the simulators keep running.
 Links: binds trajectories and expert (ROUTER consumers); connects to replay_samples (learner) and params.
 """
 
@@ -78,6 +81,9 @@ class Replay:
     self.expert_state: buffers.BufferState | None = None
     self.expert_shapes: dict | None = None
     self.expert_inserted = 0
+    self._expert_insert = jax.jit(self.expert_table.insert, donate_argnums=0)
+    self._expert_sample = jax.jit(self.expert_table.sample, donate_argnums=0)
+    self.imitation = rt.common.algo == "bc"
 
   def _poll_params(self) -> None:
     msg = self.links.params.poll(0.0)
@@ -114,7 +120,7 @@ class Replay:
     if shapes != self.expert_shapes:
       self.rt.metrics.decode_error("item_shape")
       return
-    self.expert_state = self.expert_table.insert(self.expert_state, item)
+    self.expert_state = self._expert_insert(self.expert_state, item)
     self.expert_inserted += 1
     self.rt.metrics.queue_depth.labels(queue="expert").set(self.expert_table.size(self.expert_state))
 
@@ -130,7 +136,26 @@ class Replay:
     with self.rt.metrics.time("insert"):
       self._insert_one(msg)
 
+  def _send_expert_sample(self) -> None:
+    """BC: uniform draws from the expert table; the Trajectory table is drained unused (counted)."""
+    if self.state is not None and self.table.can_sample(self.state) and not self.table.can_insert(self.state, 1):
+      self.state, _ = self._sample(self.state)
+      self.rt.dropped.labels(what="unused_trajectory").inc(self.cfg.sample_items)
+    if (self.expert_state is None or not self.expert_table.can_sample(self.expert_state)
+        or not self.links.samples.wait_credit(0.0)):
+      return
+    with self.rt.metrics.time("sample"):
+      self.expert_state, sample = self._expert_sample(self.expert_state)
+      arrays = to_batch_arrays(jax.tree.map(np.asarray, sample))
+    ok = self.links.samples.send_fields("ReplayBatch", arrays=arrays, timeout_s=0.0, table="expert")
+    self.sent += int(ok)
+    if not ok:
+      self.rt.dropped.labels(what="sampled_item_unsent").inc(self.cfg.sample_items)
+
   def _send_sample(self) -> None:
+    if self.imitation:
+      self._send_expert_sample()
+      return
     if self.state is None or not self.table.can_sample(self.state) or not self.links.samples.wait_credit(0.0):
       return
     with self.rt.metrics.time("sample"):

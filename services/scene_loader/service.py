@@ -6,7 +6,8 @@ the moment a simulator asks (the papers' "next batch preloaded"). A batch that f
 `send_timeout_s` is kept and offered again: nothing accepted from disk is dropped.
 
 With `emit_expert`, each batch's logged behaviour (closed-loop grid expert of shared.sim.rollout: actions plus
-observations, to the log's end) also goes to replay's expert table as one ExpertTrajectories message.
+observations, rewards and episode ends, to the log's end) also goes to replay's expert table as one
+ExpertTrajectories message: what the BC learner (`--algo bc`) trains on.
 Links: connects to scenes_in (broker) and, with expert trajectories on, expert (replay).
 """
 
@@ -79,7 +80,8 @@ class SceneLoader:
       self.expert.load(batch)
       rec = self.expert.expert()
     ok = self.links.expert_out.send_fields(
-        "ExpertTrajectories", arrays={"obs/flat": rec["obs"], "action": rec["action"], "valid": rec["valid"]},
+        "ExpertTrajectories", arrays={k: rec[k] for k in ("action", "valid", "reward", "done", "terminated")}
+        | {"obs/flat": rec["obs"]},
         timeout_s=0.0, scenario_ids=scenario_ids, dt_s=0.1)
     self.expert_sent += int(ok)
     if not ok:
@@ -114,6 +116,7 @@ def bootstrap(cfg: config_lib.SceneLoaderConfig, rt: runtime.Runtime, scenes=Non
                                                curve=client))
   expert = None
   if cfg.emit_expert:
+    from services.common import policy_net
     from services.simulator import engine as engine_lib
     from shared.sim import env
 
@@ -122,7 +125,8 @@ def bootstrap(cfg: config_lib.SceneLoaderConfig, rt: runtime.Runtime, scenes=Non
                                            curve=client)
     env_cfg = env.EnvConfig(max_controlled=cfg.expert_max_controlled, done_on_collision=False,
                             done_on_offroad=False)
-    expert = engine_lib.Engine(env_cfg, unroll_length=1, seed=cfg.seed)
+    expert = engine_lib.Engine(env_cfg, unroll_length=1, seed=cfg.seed,
+                               policy=policy_net.from_common(rt.common, env_cfg))
   return SceneLoader(cfg, rt, links, batches, metas, expert)
 
 

@@ -5,10 +5,18 @@ Two ways to act (DESIGN.md "Data flow"):
   fused   `collect(params, num_steps)`: the policy runs inside one jitted `lax.scan` over env.step_batch.
   service `features()` -> ask the inference service -> `step(actions)`: one jitted env step per round trip.
 
+The policy is services.common.policy_net's PolicyNet (the project's Agent over flat features); params are its
+flat "/"-keyed dict (the Params message's arrays).
+
 Shapes (S scenes, O objects, F features, T steps; B = S * O agents, flattened scene-major):
-  features: (B, F) float32 = every Observation leaf of an agent flattened and concatenated.
-  collect / step records: obs (T, B, F), action, log_prob, value, reward (T, B), done, valid (T, B) bool, where
-  valid = controlled, not yet done, and the log not yet over (the only steps the learner may use).
+  features: (B, F) float32 = every Observation leaf of an agent flattened and concatenated, in field order
+    (`shared.nets.inputs.unflatten` with the PolicyNet's layout reads them back).
+  collect / step records: obs (T, B, F), action, log_prob, value, reward (T, B), done, terminated, valid (T, B)
+  bool, where done = the episode ended (terminated or truncated by the log's end), terminated = it ended in an
+  absorbing state (no bootstrap), valid = controlled, not yet done, and the log not yet over (the only steps the
+  learner may use). After an unroll, `Engine.feat` is s_T, the bootstrap observation of the next value.
+  expert records: obs (T, B, F), action (T, B) int32 grid, reward, done, terminated, valid (T, B): valid also needs
+  the log at t and t + 1 (the expert's label is defined).
 """
 
 from __future__ import annotations
@@ -20,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from services.learner import policy
+from services.common import policy_net
 from shared.scenes import types
 from shared.sim import actions as actions_lib
-from shared.sim import env, episode, rollout
+from shared.sim import env, episode, inverse, rollout
 
 Record = dict[str, Any]
 
@@ -45,7 +53,18 @@ def _acting(state) -> jax.Array:
 def _record(feat, acting, action, log_prob, value, out) -> Record:
   done = (out.done | out.truncated).reshape(-1)
   return {"obs": feat, "action": action, "log_prob": log_prob, "value": value,
-          "reward": out.reward.reshape(-1) * acting, "done": done, "valid": acting}
+          "reward": out.reward.reshape(-1) * acting, "done": done, "terminated": out.done.reshape(-1) & acting,
+          "valid": acting}
+
+
+def _label_ok(state) -> jax.Array:
+  """(S * O,) bool: the log holds the agent at t and t + 1, so its expert action is a demonstration."""
+  def one(s):
+    o = s.scenario.objects
+    last = o.x.shape[-1] - 1
+    ok = inverse.log_target(o, jnp.minimum(s.t + 1, last))[3] & (s.t < last)
+    return ok & jnp.take(o.valid, s.t, axis=-1)
+  return jax.vmap(one)(state).reshape(-1)
 
 
 def _reset_and_observe(scenario, rng, cfg: env.EnvConfig):
@@ -64,7 +83,7 @@ def _cached(make: Callable, *key) -> Callable:
   return make(*key)
 
 
-def make_collect(cfg: env.EnvConfig, num_steps: int, greedy: bool = False) -> Callable:
+def make_collect(cfg: env.EnvConfig, num_steps: int, greedy: bool, pn: policy_net.PolicyNet) -> Callable:
   """jitted (params, state, feat, rng) -> (state, feat, records with a leading T axis)."""
 
   @jax.jit
@@ -72,7 +91,7 @@ def make_collect(cfg: env.EnvConfig, num_steps: int, greedy: bool = False) -> Ca
     def body(carry, _):
       state, feat, rng = carry
       rng, key = jax.random.split(rng)
-      action, log_prob, value = policy.select_action(params, feat, key, greedy)
+      action, log_prob, value = pn.select_action(params, feat, key, greedy)
       acting = _acting(state)
       nxt, out = env.step_batch(state, action.reshape(state.controlled.shape), cfg)
       nfeat = flat_features(out.obs)
@@ -99,7 +118,8 @@ def make_step(cfg: env.EnvConfig) -> Callable:
 
 def make_expert(cfg: env.EnvConfig, num_steps: int) -> Callable:
   """jitted closed-loop grid expert (shared.sim.rollout.grid_expert) (state, feat, rng) -> records with a leading
-  T axis: obs (T, B, F), action (T, B) int32 (the grid action the expert took), valid (T, B)."""
+  T axis: obs (T, B, F), action (T, B) int32 (the grid action the expert took), reward, done, terminated, valid
+  (T, B) (see the module docstring)."""
   act = rollout.grid_expert(cfg)
 
   @jax.jit
@@ -109,8 +129,9 @@ def make_expert(cfg: env.EnvConfig, num_steps: int) -> Callable:
       action = jax.vmap(lambda s: act(s, None, rng))(state)
       acting = _acting(state)
       nxt, out = env.step_batch(state, action, cfg)
-      return (nxt, flat_features(out.obs)), {"obs": feat, "action": action.reshape(-1).astype(jnp.int32),
-                                             "valid": acting}
+      rec = _record(feat, acting, action.reshape(-1).astype(jnp.int32), None, None, out)
+      rec = {k: v for k, v in rec.items() if v is not None}
+      return (nxt, flat_features(out.obs)), dict(rec, valid=acting & _label_ok(state))
 
     _, rec = jax.lax.scan(body, (state, feat), None, length=num_steps)
     return rec
@@ -127,11 +148,14 @@ class Engine:
     feat: (B, F) features of the current state.
   """
 
-  def __init__(self, cfg: env.EnvConfig, unroll_length: int, seed: int = 0, greedy: bool = False):
+  def __init__(self, cfg: env.EnvConfig, unroll_length: int, seed: int = 0, greedy: bool = False,
+               policy: policy_net.PolicyNet | None = None):
     self.cfg, self.unroll_length, self.greedy = cfg, unroll_length, greedy
+    self.policy = policy if policy is not None else policy_net.build("mlp", "small", cfg.obs, cfg.actions, 0,
+                                                                     cfg.num_road_candidates)
     self.rng = jax.random.PRNGKey(seed)
     self.num_actions = actions_lib.num_actions(cfg.actions)
-    self._collect = _cached(make_collect, cfg, unroll_length, greedy)
+    self._collect = _cached(make_collect, cfg, unroll_length, greedy, self.policy)
     self._reset = _cached(_make_reset, cfg)
     self._step = _cached(make_step, cfg)
     self.state = None
@@ -160,7 +184,8 @@ class Engine:
     """Greedy rollout to the end of the log from a freshly loaded batch: EpisodeMetrics (S, O) (numpy)."""
     steps = int(self.state.scenario.objects.x.shape[-1] - 1 - int(self.state.t[0]))
     self.rng, key = jax.random.split(self.rng)
-    return jax.tree.map(np.asarray, _cached(make_evaluate, self.cfg, steps)(params, self.state, self.feat, key))
+    evaluate = _cached(make_evaluate, self.cfg, steps, self.policy)
+    return jax.tree.map(np.asarray, evaluate(params, self.state, self.feat, key))
 
   def expert(self) -> dict[str, np.ndarray]:
     """The logged behaviour as grid actions with observations, from a freshly loaded batch to the log's end."""
@@ -183,8 +208,7 @@ def stack_records(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]
   return {k: np.stack([r[k] for r in records]) for k in records[0]}
 
 
-
-def make_evaluate(cfg: env.EnvConfig, num_steps: int) -> Callable:
+def make_evaluate(cfg: env.EnvConfig, num_steps: int, pn: policy_net.PolicyNet) -> Callable:
   """jitted greedy episode (params, state, feat, rng) -> shared.sim.episode.EpisodeMetrics, (S, O) per field.
 
   The state must be fresh from `load` (at cfg.init_step): episode metrics measure progress from there. The agents
@@ -197,7 +221,7 @@ def make_evaluate(cfg: env.EnvConfig, num_steps: int) -> Callable:
 
     def body(carry, _):
       state, feat = carry
-      action, _, _ = policy.select_action(params, feat, rng, True)
+      action, _, _ = pn.select_action(params, feat, rng, True)
       nxt, out = env.step_batch(state, action.reshape(state.controlled.shape), cfg)
       return (nxt, flat_features(out.obs)), (out.metrics, nxt.objects)
 

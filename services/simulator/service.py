@@ -19,8 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from services.common import runtime, scenario_codec
-from services.learner import policy
+from services.common import policy_net, runtime, scenario_codec
 from services.simulator import config as config_lib
 from services.simulator import engine as engine_lib
 from shared.wire import flow, schemas, transport
@@ -44,6 +43,17 @@ def env_config(cfg: config_lib.SimulatorConfig):
   return env.EnvConfig(max_controlled=cfg.max_controlled, control_mode=cfg.control_mode)
 
 
+def trajectory_arrays(rec: dict[str, np.ndarray], bootstrap_feat) -> dict[str, np.ndarray]:
+  """An unroll's records (engine keys, (T, B, ...)) -> the Trajectory message's arrays; `bootstrap_feat` (B, F) is
+  s_T, the features after the last step (the engine's `feat` right after the unroll), which the learner's value
+  bootstraps from; terminated steps do not bootstrap."""
+  arrays = {"obs/flat": rec["obs"], "action": rec["action"], "reward": rec["reward"], "done": rec["done"],
+            "valid": rec["valid"], "log_prob": rec["log_prob"], "value": rec["value"]}
+  if "terminated" in rec:
+    arrays.update({"terminated": rec["terminated"], "bootstrap_obs/flat": np.asarray(bootstrap_feat)[None]})
+  return arrays
+
+
 class Simulator:
   """Thin shell: decode, call the engine (shared.sim), encode."""
 
@@ -65,8 +75,11 @@ class Simulator:
       log.debug("event=params version=%d", self.params_version)
 
   def _current_params(self) -> dict:
-    if self.params is None or policy.num_features(self.params) != self.engine.num_features:
-      self.params = policy.init_params(self.engine.num_features, self.engine.num_actions)
+    """The newest params, or version 0 (every process computes the same) until a matching version arrives."""
+    if self.params is None or not self.engine.policy.matches(self.params):
+      if self.params is not None:
+        log.warning("event=params_mismatch version=%d action=version_0", self.params_version)
+      self.params = self.engine.policy.init_flat()
       self.params_version = 0
     return self.params
 
@@ -98,7 +111,9 @@ class Simulator:
       self.newest_version = max(self.newest_version, int(reply.fields["params_version"]))
       records.append(self.engine.step(reply.arrays["action"], reply.arrays["log_prob"],
                                       reply.arrays.get("value", np.zeros(len(feat), np.float32))))
-    return engine_lib.stack_records(records) if records else {}
+    if len(records) < self.cfg.unroll_length:  # stopping mid-unroll: a short Trajectory would not fit replay
+      return {}
+    return engine_lib.stack_records(records)
 
   def _unroll(self) -> dict[str, np.ndarray]:
     if self.cfg.mode == "service":
@@ -109,8 +124,7 @@ class Simulator:
   def _send(self, rec: dict[str, np.ndarray]) -> None:
     steps = int(rec["valid"].sum())
     agents = max(int(rec["valid"].any(0).sum()), 1)
-    arrays = {"obs/flat": rec["obs"], "action": rec["action"], "reward": rec["reward"], "done": rec["done"],
-              "valid": rec["valid"], "log_prob": rec["log_prob"], "value": rec["value"]}
+    arrays = trajectory_arrays(rec, self.engine.feat)
     version = self.params_version if self.cfg.mode == "fused" else self.newest_version
     deadline = time.monotonic() + self.cfg.send_timeout_s
     ok = False
@@ -160,7 +174,9 @@ def bootstrap(cfg: config_lib.SimulatorConfig, rt: runtime.Runtime, engine=None)
   # Behind the broker each simulator sees only a share of a loader's sequence; gaps are counted at the broker.
   links.scenes.tracker = transport.SequenceTracker()
   if engine is None:
-    engine = engine_lib.Engine(env_config(cfg), cfg.unroll_length, seed=cfg.seed + os.getpid())
+    env_cfg = env_config(cfg)
+    engine = engine_lib.Engine(env_cfg, cfg.unroll_length, seed=cfg.seed + os.getpid(),
+                               policy=policy_net.from_common(c, env_cfg))
   return Simulator(cfg, rt, links, engine)
 
 
@@ -173,15 +189,16 @@ def warmup(cfg: config_lib.SimulatorConfig) -> None:
   from services.scene_loader import service as loader_service
   from shared.scenes import types
 
-  lc, _ = loader_config.load([])
+  lc, common = loader_config.load([])
   scenarios, _ = loader_service.load_scenes("synthetic", dataclasses.replace(lc, num_synthetic=lc.batch_size))
   batch = types.stack(scenarios)
-  engines = (engine_lib.Engine(env_config(cfg), cfg.unroll_length, seed=cfg.seed),
-             evaluator_service.make_engine(evaluator_config.load([])[0]))
+  engines = (engine_lib.Engine(env_config(cfg), cfg.unroll_length, seed=cfg.seed,
+                               policy=policy_net.from_common(common, env_config(cfg))),
+             evaluator_service.make_engine(evaluator_config.load([])[0], common))
   for engine, run in zip(engines, (engine_lib.Engine.collect, engine_lib.Engine.evaluate)):
     t0 = time.monotonic()
     engine.load(batch)
-    run(engine, policy.init_params(engine.num_features, engine.num_actions))
+    run(engine, engine.policy.init_flat())
     log.info("event=warmup what=%s compiled_s=%.1f", run.__name__, time.monotonic() - t0)
 
 

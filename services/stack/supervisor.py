@@ -50,6 +50,10 @@ class StackConfig:
     stagger: start simulator replicas after the first has compiled (one compile at a time on small machines).
     warmup: before starting anything (and the duration clock), run `serve simulator --warmup` once so the
       simulator's compiles are in JAX's persistent cache.
+    algo: the learner's algorithm, "ppo" or "bc" (bc also turns on the scene loaders' expert trajectories);
+      "" = DRIVELAB_ALGO from the environment, else the services' default (ppo).
+    net, preset: the policy network every process builds (services.common.policy_net); "" = DRIVELAB_NET /
+      DRIVELAB_NET_PRESET from the environment, else the default (mlp, small).
   """
 
   simulators: int = 2
@@ -67,6 +71,9 @@ class StackConfig:
   extra_env: tuple[tuple[str, str], ...] = ()
   stagger: bool = True
   warmup: bool = False
+  algo: str = ""
+  net: str = ""
+  preset: str = ""
 
 
 @dataclasses.dataclass
@@ -160,6 +167,10 @@ class Supervisor:
                 "DRIVELAB_REPLAY_HOST": "127.0.0.1", "DRIVELAB_LEARNER_HOST": "127.0.0.1",
                 "PROMETHEUS_DISABLE_CREATED_SERIES": "True", "PYTHONUNBUFFERED": "1",
                 "DRIVELAB_PARENT_PID": str(os.getpid())})
+    chosen = {"DRIVELAB_ALGO": self.cfg.algo, "DRIVELAB_NET": self.cfg.net, "DRIVELAB_NET_PRESET": self.cfg.preset}
+    env.update({k: v for k, v in chosen.items() if v})  # every process must agree on these: one place sets them
+    if env.get("DRIVELAB_ALGO") == "bc":  # BC learns from the logged expert actions the scene loaders replay
+      env["DRIVELAB_SCENE_LOADER_EMIT_EXPERT"] = "1"
     env.setdefault("JAX_PLATFORMS", "cpu")
     # Replicas, restarts and later runs compile the same functions: JAX's persistent cache makes that free.
     env.setdefault("JAX_COMPILATION_CACHE_DIR", jax_cache_dir())

@@ -102,3 +102,80 @@ def dummy_input(shapes: InputShapes = InputShapes(), batch_shape: tuple[int, ...
       light=jnp.zeros(b + (shapes.light_features,)),
       remaining_time=jnp.zeros(b + (1,)),
   )
+
+
+# FLAT LAYOUT: the wire carries one flat float32 vector per agent (every observation leaf flattened, in field
+# order); a static layout turns it back into the NetInput the networks read, with no knowledge of the simulator.
+
+@dataclasses.dataclass(frozen=True)
+class FlatLayout:
+  """Where each observation field lies in a flat per-agent feature vector (static, hashable).
+
+  Attributes:
+    fields: (name, per-agent shape, dtype name) in the order the fields are concatenated.
+  """
+
+  fields: tuple[tuple[str, tuple[int, ...], str], ...]
+
+  @property
+  def size(self) -> int:
+    """F: the flat vector's length."""
+    return int(sum(_prod(shape) for _, shape, _ in self.fields))
+
+  def offsets(self) -> dict[str, tuple[int, int]]:
+    """{name: (start, stop)} into the flat vector."""
+    out, start = {}, 0
+    for name, shape, _ in self.fields:
+      out[name] = (start, start + _prod(shape))
+      start += _prod(shape)
+    return out
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+  n = 1
+  for s in shape:
+    n *= int(s)
+  return n
+
+
+def _named_leaves(obs: Any) -> list[tuple[str, Any]]:
+  """(name, array) of every non-None field, in declaration order (dataclass) or insertion order (mapping)."""
+  if isinstance(obs, Mapping):
+    items = list(obs.items())
+  elif dataclasses.is_dataclass(obs):
+    items = [(f.name, getattr(obs, f.name)) for f in dataclasses.fields(obs)]
+  else:
+    raise TypeError(f"cannot read fields of {type(obs).__name__}")
+  return [(name, value) for name, value in items if value is not None]
+
+
+def flat_layout(example: Any) -> FlatLayout:
+  """The layout of ONE agent's observation `example` (arrays or ShapeDtypeStructs without batch axes), fields in
+  the example's own order, which is the order `jax.tree.leaves` flattens a flax struct in."""
+  fields = tuple((name, tuple(int(d) for d in x.shape), jnp.dtype(x.dtype).name) for name, x in _named_leaves(example))
+  missing = [name for name in _FIELDS if name not in {f[0] for f in fields}]
+  if missing:
+    raise ValueError(f"observation example lacks fields {missing}")
+  return FlatLayout(fields)
+
+
+def flatten(obs: Any, layout: FlatLayout) -> Array:
+  """Observation (or NetInput / mapping) with leaves (..., *shape) -> (..., F) float32 (bools as 0/1)."""
+  get = (lambda n: obs[n]) if isinstance(obs, Mapping) else (lambda n: getattr(obs, n))
+  first_name, first_shape, _ = layout.fields[0]
+  lead = get(first_name).shape[:get(first_name).ndim - len(first_shape)]
+  parts = [get(name).astype(jnp.float32).reshape(lead + (_prod(shape),)) for name, shape, _ in layout.fields]
+  return jnp.concatenate(parts, axis=-1)
+
+
+def unflatten(flat: Array, layout: FlatLayout) -> NetInput:
+  """(..., F) flat features -> NetInput with leading axes (...); bool fields come back as bool (> 0.5)."""
+  if flat.shape[-1] != layout.size:
+    raise ValueError(f"flat features have {flat.shape[-1]} columns, the layout {layout.size}")
+  lead = flat.shape[:-1]
+  values = {}
+  for name, (start, stop) in layout.offsets().items():
+    shape, dtype = next((s, d) for n, s, d in layout.fields if n == name)
+    x = flat[..., start:stop].reshape(lead + shape)
+    values[name] = x > 0.5 if dtype == "bool" else x.astype(dtype)
+  return from_observation(values)

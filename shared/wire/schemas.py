@@ -12,9 +12,12 @@ Shapes (B = batch, T = time, O/P/L = scene caps, D... = any trailing feature dim
   ActRequest           "obs/*" (B, ...); "mask" (B,) bool optional          fields request_id, params_version
   ActReply             "action" (B,) int32, "log_prob" (B,) f32, "value" (B,) f32 optional
   Trajectory           "obs/*" (T, B, ...), "action" (T, B) int32, "reward" (T, B) f32, "done" (T, B) bool,
-                       "valid" (T, B) bool, "log_prob"/"value" (T, B) f32 optional
-  ExpertTrajectories   "obs/*" (T, B, ...), "action" (T, B) int32, "valid" (T, B) bool
-  ReplayBatch          like Trajectory plus "weight" (B,) f32 optional, fields table, sample_ids...
+                       "valid" (T, B) bool, "log_prob"/"value" (T, B) f32 optional;
+                       v2 adds optional "terminated" (T, B) bool (done without bootstrap; done & ~terminated =
+                       truncated) and "bootstrap_obs/*" (1, B, ...): s_T, the observation after the last step
+  ExpertTrajectories   "obs/*" (T, B, ...), "action" (T, B) int32, "valid" (T, B) bool;
+                       v2 adds optional "reward" (T, B) f32, "done", "terminated" (T, B) bool (value targets for BC)
+  ReplayBatch          like Trajectory (v2: its v2 arrays) plus "weight" (B,) f32 optional, fields table, ...
   Params               any "/"-joined path of the param tree, float arrays        field params_version
   Heartbeat, Control, EvalReport: fields only (EvalReport may add arrays).
 """
@@ -88,6 +91,12 @@ _STEP_ARRAYS = (ArraySpec("obs/*", ANY, None, required=False), ArraySpec("action
                 ArraySpec("valid", BOOL, 2))
 _POLICY_ARRAYS = (ArraySpec("reward", F32, 2), ArraySpec("done", BOOL, 2),
                   ArraySpec("log_prob", F32, 2, required=False), ArraySpec("value", F32, 2, required=False))
+# v2 (the learner's PPO targets): which ends are absorbing, and the observation that bootstraps the unroll's end.
+_TARGET_ARRAYS_V2 = (ArraySpec("terminated", BOOL, 2, required=False, since=2),
+                     ArraySpec("bootstrap_obs/*", ANY, None, required=False, since=2))
+_EXPERT_ARRAYS_V2 = (ArraySpec("reward", F32, 2, required=False, since=2),
+                     ArraySpec("done", BOOL, 2, required=False, since=2),
+                     ArraySpec("terminated", BOOL, 2, required=False, since=2))
 
 SCHEMAS: dict[str, Schema] = {s.name: s for s in (
     Schema("ScenarioBatch", 1, _scenario_arrays(),
@@ -97,12 +106,13 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
     Schema("ActReply", 1, (ArraySpec("action", I32, 1), ArraySpec("log_prob", F32, 1),
                            ArraySpec("value", F32, 1, required=False)),
            (FieldSpec("request_id", "int"), FieldSpec("params_version", "int"))),
-    Schema("Trajectory", 1, _STEP_ARRAYS + _POLICY_ARRAYS,
+    Schema("Trajectory", 2, _STEP_ARRAYS + _POLICY_ARRAYS + _TARGET_ARRAYS_V2,
            (FieldSpec("params_version", "int"), FieldSpec("env_steps", "int"),
             FieldSpec("episode_return_mean", "float", required=False), FieldSpec("dt_s", "float", required=False))),
-    Schema("ExpertTrajectories", 1, _STEP_ARRAYS,
+    Schema("ExpertTrajectories", 2, _STEP_ARRAYS + _EXPERT_ARRAYS_V2,
            (FieldSpec("scenario_ids", "list"), FieldSpec("dt_s", "float", required=False))),
-    Schema("ReplayBatch", 1, _STEP_ARRAYS + _POLICY_ARRAYS + (ArraySpec("weight", F32, 1, required=False),),
+    Schema("ReplayBatch", 2, _STEP_ARRAYS + _POLICY_ARRAYS + _TARGET_ARRAYS_V2
+           + (ArraySpec("weight", F32, 1, required=False),),
            (FieldSpec("table", "str"), FieldSpec("params_version", "int", required=False),
             FieldSpec("staleness_versions", "int", required=False))),
     Schema("Params", 1, (ArraySpec("*", FLOATS + ("int32", "bool"), None, required=False),),

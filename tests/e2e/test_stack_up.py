@@ -83,7 +83,8 @@ def test_drivelab_up_runs_scrapes_restarts_and_stops(tmp_path):
   cmd = [sys.executable, "-m", "services.cli.main", "up", "--duration", str(DURATION_S), "--run-dir", str(run_dir),
          "--simulators", "2", "--inference", "1", "--scene-loaders", "1", "--warmup"]
   cmd += ["--prometheus"] if have_prometheus else []
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # The "tiny" policy network (passed through the environment to every process) keeps the compiles short.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", DRIVELAB_NET_PRESET="tiny")
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     status = _wait(lambda: _status(run_dir).get("children", {}).get("evaluator-0", {}).get("pid")
@@ -116,6 +117,8 @@ def test_drivelab_up_runs_scrapes_restarts_and_stops(tmp_path):
       pytest.skip("prometheus binary not found (apt-get install -y prometheus): scrape checks skipped")
     # STOP: by itself after --duration, every child exiting 0 on SIGTERM.
     out, _ = proc.communicate(timeout=DURATION_S + 40)
+    learner = json.loads((run_dir / "policy.json").read_text())  # the learner ran the real network
+    assert (learner["net"], learner["preset"], learner["algo"]) == ("mlp", "tiny", "ppo")
   finally:
     if proc.poll() is None:
       proc.send_signal(signal.SIGINT)

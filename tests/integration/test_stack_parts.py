@@ -1,6 +1,7 @@
 """The stack's parts one at a time: configs, endpoints, the broker's load balancer with the real inference worker,
-replay's batch layout, the evaluator's summary, learner checkpoints, the stand-in learner, the supervisor's
-restart bookkeeping. Real ZeroMQ on 127.0.0.1 where sockets are involved; no simulator compile.
+replay's batch layout, the evaluator's summary, the supervisor's restart bookkeeping, the simulator's shell. The
+policy is the real network (services.common.policy_net, "tiny" preset). Real ZeroMQ on 127.0.0.1 where sockets
+are involved; no simulator compile.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import math
 import threading
 import time
 
-import jax
 import numpy as np
 import pytest
 
@@ -18,7 +18,7 @@ from services.broker import config as broker_config, service as broker_service
 from services.common import runtime
 from services.evaluator import service as evaluator_service
 from services.inference import config as inference_config, service as inference_service
-from services.learner import policy, service as learner_service
+from services.common import policy_net
 from services.replay import service as replay_service
 from services.simulator import config as sim_config
 from services.stack import supervisor
@@ -68,35 +68,6 @@ def test_evaluator_flattens_episode_summary():
   assert "parked/progress_ratio" not in flat  # undefined (no parked agent has a path): left out, not 0
 
 
-def test_checkpoint_round_trip_is_atomic(tmp_path):
-  path = learner_service.checkpoint_path(str(tmp_path))
-  params = policy.init_params(3, 4)
-  params["pi/w"] = np.arange(12, dtype=np.float32).reshape(3, 4)
-  learner_service.save_checkpoint(path, params, 17)
-  loaded, version = learner_service.load_checkpoint(path)
-  assert version == 17 and sorted(loaded) == sorted(params)
-  np.testing.assert_array_equal(loaded["pi/w"], params["pi/w"])
-  assert [p.name for p in tmp_path.joinpath("checkpoints").iterdir()] == ["params.npz"]  # no temp file left
-
-
-def test_stand_in_learner_learns_a_bandit():
-  # One constant feature, 5 actions, reward 1 only for action 3: PPO steps must raise p(3) from 1/5.
-  hp = policy.LearnerHyper(learning_rate=0.05, entropy_coef=0.0)
-  state = policy.init_state(policy.init_params(1, 5), hp)
-  update = policy.make_update_step(hp)
-  obs = np.ones((8, 64, 1), np.float32)
-  rng = jax.random.PRNGKey(0)
-  for _ in range(30):
-    rng, key = jax.random.split(rng)
-    a, logp, v = policy.select_action(state.params, obs.reshape(-1, 1), key)
-    a, logp, v = (np.asarray(x).reshape(8, 64) for x in (a, logp, v))
-    batch = {"obs": obs, "action": a, "log_prob": logp, "value": v, "reward": (a == 3).astype(np.float32),
-             "done": np.ones((8, 64), bool), "valid": np.ones((8, 64), bool)}
-    state, metrics = update(state, batch)
-  probs = jax.nn.softmax(policy.logits_and_value(state.params, np.ones((1, 1), np.float32))[0])[0]
-  assert float(probs[3]) > 0.6, probs
-
-
 @pytest.fixture(params=["plain", "curve"])
 def lb(tmp_path, request):
   """A broker plus one real inference worker in threads; with "curve", every link is CURVE-authenticated."""
@@ -105,7 +76,7 @@ def lb(tmp_path, request):
     curve_dir = str(tmp_path / "keys")
     transport.create_curve_keys(curve_dir)
   common = runtime.CommonConfig(metrics_port=0, port_offset=supervisor.find_port_offset(), run_dir=str(tmp_path),
-                                curve_dir=curve_dir)
+                                curve_dir=curve_dir, net="mlp", preset="tiny")
   rts = {n: runtime.Runtime(n, common) for n in ("broker", "inference")}
   svcs = {"broker": broker_service.bootstrap(broker_config.BrokerConfig(inference_slots=2), rts["broker"]),
           "inference": inference_service.bootstrap(inference_config.InferenceConfig(), rts["inference"])}
@@ -124,25 +95,31 @@ def test_load_balancer_routes_replies_to_their_clients(lb):
   ctx = transport.new_context()
   keys = transport.curve_keys_from_files(common.curve_dir) if common.curve_dir else None
   clients = [transport.Client(ctx, runtime.endpoint(common, "act"), curve=keys) for _ in range(2)]
+  f = policy_net.from_common(common).num_features
   try:
     for i, cli in enumerate(clients):
       for rid in (1, 2):
         n = 3 + i  # each client asks for a different number of agents
-        req = schemas.make("ActRequest", f"sim-{i}", rid, arrays={"obs/flat": np.zeros((n, 7), np.float32)},
+        req = schemas.make("ActRequest", f"sim-{i}", rid, arrays={"obs/flat": np.zeros((n, f), np.float32)},
                            request_id=rid)
-        reply = cli.request(req, 20.0)
+        reply = cli.request(req, 60.0)
         assert reply is not None and reply.fields["request_id"] == rid
         assert reply.arrays["action"].shape == (n,) and reply.fields["params_version"] == 0
-        # Version-0 params are zeros: a uniform policy over the 7 x 13 grid, log p = -log 91 = -4.5109.
+        # Version-0 params on all-zero features: every LayerNorm output is 0, so the logits are the (zero) output
+        # biases: a uniform policy over the 7 x 13 grid, log p = -log 91 = -4.5109.
         np.testing.assert_allclose(reply.arrays["log_prob"], -math.log(91), rtol=1e-5)
     deadline = time.monotonic() + 5  # the worker counts a reply just after sending it
     while svcs["inference"].replies < 4 and time.monotonic() < deadline:
       time.sleep(0.01)
     assert svcs["inference"].replies == 4
     assert not svcs["broker"].pending
+    # Features of another network's size are refused (counted), never fed to this one.
+    req = schemas.make("ActRequest", "sim-odd", 9, arrays={"obs/flat": np.zeros((2, 7), np.float32)}, request_id=9)
+    assert clients[0].request(req, 1.5) is None
+    assert rts["inference"].registry.get_sample_value("drivelab_decode_errors_total", {"reason": "item_shape"}) == 1
     if keys is not None:  # a client without the keys is not let in: no reply, and nothing reaches the worker
       clients.append(transport.Client(ctx, runtime.endpoint(common, "act")))
-      req = schemas.make("ActRequest", "intruder", 1, arrays={"obs/flat": np.zeros((1, 7), np.float32)},
+      req = schemas.make("ActRequest", "intruder", 1, arrays={"obs/flat": np.zeros((1, f), np.float32)},
                          request_id=1)
       assert clients[-1].request(req, 1.5) is None
       assert svcs["inference"].replies == 4
@@ -203,18 +180,20 @@ def test_simulator_shell_swaps_params_counts_steps_and_drops(tmp_path):
   # One scene, no sockets, no JAX: the shell's own logic only.
   scn = types.stack([empty_scene()])
   scene_msg = schemas.make("ScenarioBatch", "loader", 0, arrays=scenario_codec.scenario_to_arrays(scn), num_scenes=1)
-  trained = policy.init_params(3, 91)
-  trained["pi/b"] = np.full(91, 0.5, np.float32)
+  pn = policy_net.build("mlp", "tiny")
+  trained = pn.init_flat()
+  bias = next(k for k in trained if k.endswith("logits_0/bias"))
+  trained[bias] = np.full_like(trained[bias], 0.5)
   params_msg = schemas.make("Params", "learner", 0, arrays=trained, params_version=5)
   rec = {"obs": np.zeros((2, 4, 3), np.float32), "action": np.zeros((2, 4), np.int32),
          "reward": np.ones((2, 4), np.float32), "done": np.zeros((2, 4), bool),
          "valid": np.array([[1, 1, 0, 0], [1, 0, 0, 0]], bool), "log_prob": np.zeros((2, 4), np.float32),
          "value": np.zeros((2, 4), np.float32)}
   seen = []
-  engine = _Fake(num_features=3, num_actions=91, loaded=0)
+  engine = _Fake(num_features=pn.num_features, num_actions=91, loaded=0, policy=pn, feat=np.zeros((4, 3)))
   engine.load = lambda s: setattr(engine, "loaded", engine.loaded + 1)
   engine.episode_over = lambda: False
-  engine.collect = lambda p: (seen.append(p["pi/b"][0]), rec)[1]
+  engine.collect = lambda p: (seen.append(p[bias][0]), rec)[1]
   sends = itertools.chain([True], itertools.repeat(False))  # then never a credit again
   traj = _Fake(sent=[])
   traj.send_fields = lambda schema, **kw: (traj.sent.append(kw["params_version"]), next(sends))[1]
@@ -239,3 +218,34 @@ def empty_scene():
 
   return native.empty_scenario(types.SceneConfig(max_objects=4, max_road_points=8, max_tl_lanes=2,
                                                  num_timesteps=5))
+
+
+def test_replay_serves_expert_batches_under_bc_and_drains_unused_trajectories(tmp_path):
+  from services.replay import config as replay_config
+
+  t, b, f = 3, 2, 4
+  expert = schemas.make("ExpertTrajectories", "loader", 0, scenario_ids=["a"], arrays={
+      "obs/flat": np.arange(t * b * f, dtype=np.float32).reshape(t, b, f), "action": np.full((t, b), 45, np.int32),
+      "valid": np.ones((t, b), bool), "reward": np.ones((t, b), np.float32), "done": np.zeros((t, b), bool),
+      "terminated": np.zeros((t, b), bool)})
+  traj = schemas.make("Trajectory", "sim", 0, params_version=0, env_steps=6, arrays={
+      "obs/flat": np.zeros((t, b, f), np.float32), "action": np.zeros((t, b), np.int32),
+      "reward": np.zeros((t, b), np.float32), "done": np.zeros((t, b), bool), "valid": np.ones((t, b), bool)})
+  sent = []
+  experts, trajs = iter([expert]), itertools.repeat(traj)
+  links = replay_service.Links(
+      trajectories=_Fake(recv=lambda timeout_s: next(trajs)), params=_Fake(poll=lambda timeout_s: None),
+      samples=_Fake(wait_credit=lambda timeout_s: True, send_fields=lambda schema, **kw: sent.append(kw) or True),
+      expert=_Fake(recv=lambda timeout_s: next(experts, None)))
+  rt = runtime.Runtime("replay", runtime.CommonConfig(metrics_port=0, run_dir=str(tmp_path), algo="bc"))
+  replay = replay_service.Replay(replay_config.ReplayConfig(capacity=2, sample_items=2), rt, links)
+  for _ in range(4):
+    replay.run_once()
+  # Every ReplayBatch is expert data: 2 draws of the one message side by side, (T, 2 * B, ...).
+  assert sent and all(kw["table"] == "expert" for kw in sent)
+  arrays = sent[0]["arrays"]
+  assert arrays["obs/flat"].shape == (t, 2 * b, f) and arrays["action"].tolist() == [[45] * 4] * t
+  np.testing.assert_array_equal(arrays["obs/flat"][:, :b], expert.arrays["obs/flat"])
+  # The simulators' Trajectories are consumed, counted, never sent to the BC learner.
+  assert rt.registry.get_sample_value("drivelab_dropped_total", {"what": "unused_trajectory"}) >= 2
+  rt.ctx.term()
