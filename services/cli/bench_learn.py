@@ -19,7 +19,7 @@ import os
 import platform
 import time
 
-from services.cli import eval_cmd, train_cmd
+from services.cli import provenance, train_cmd
 
 RESULTS_DIR = os.path.join("benchmarks", "results")
 REAL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "gpudrive_womd")
@@ -38,24 +38,25 @@ def register(subparsers) -> None:
   p.set_defaults(func=cmd_learn)
 
 
-def _settings(quick: bool) -> dict:
+def settings(quick: bool) -> dict:
+  """The benchmark's recipe (also `make run`'s training phase, services/cli/demo_train.py)."""
   if quick:
-    return dict(num_timesteps=41, synth_scenes=12, synth_vehicles=(4, 10), max_objects=16, synth_budget_s=300,
-                eval_every=60, scenes_per_iter=4, bc_iters=150, ppo_iters=100, lr_ppo=1e-3, lr_bc=1e-3, net="tiny")
+    return dict(num_timesteps=41, synth_scenes=48, synth_vehicles=(4, 10), max_objects=16, synth_budget_s=600,
+                held_out_fraction=0.25, eval_every=60, scenes_per_iter=4, bc_iters=150, ppo_iters=100, lr_ppo=1e-3,
+                lr_bc=2e-3, lr_finetune=5.6e-5, net="tiny")
   return dict(num_timesteps=91, synth_scenes=64, synth_vehicles=(10, 28), max_objects=32, synth_budget_s=3600,
-              eval_every=50, scenes_per_iter=8, bc_iters=1000, ppo_iters=1000, lr_ppo=3e-4, lr_bc=1e-3, net="small")
+              held_out_fraction=0.25, eval_every=50, scenes_per_iter=8, bc_iters=1000, ppo_iters=1000, lr_ppo=3e-4,
+              lr_bc=2e-3, lr_finetune=5.6e-5, net="small")
+
+
+# Paper 002's RL fine-tuning after BC (appendix E): clip 0.3, entropy 3e-2, lr 5.6e-5 (`lr_finetune`). Its value
+# loss scale (1e-2) goes with its unnormalised returns; ours are O(1) (+-1 events), so the default value_coef stays.
+FINETUNE_PPO = dict(clip_eps=0.3, entropy_coef=3e-2)
 
 
 def _agent(s: dict):
   """The quick benchmark's tiny MLP (compiles and steps fast on 2 cores) or the small preset."""
-  from shared.algos import agent as agent_lib
-  from shared.nets import actor_critic, mlp
-  from shared.sim import actions
-
-  if s["net"] != "tiny":
-    return train_cmd.make_agent("mlp", s["net"])
-  net = actor_critic.NetConfig(encoder="mlp", mlp=mlp.MLPConfig(hidden=(128,), width=64), head_width=64, head_blocks=1)
-  return agent_lib.make_agent(net, actions.ActionGridConfig())
+  return train_cmd.make_agent("mlp", s["net"])
 
 
 def _args(s: dict, agents: str, **over) -> argparse.Namespace:
@@ -64,23 +65,17 @@ def _args(s: dict, agents: str, **over) -> argparse.Namespace:
   return argparse.Namespace(**base)
 
 
-def _summary_row(record_summary: dict) -> dict:
-  a = record_summary["all"]
-  row = {k: a[k]["rate"] for k in TABLE2 + ("goal_reached",)}
-  row.update(agents=a["agents"], progress_ratio=a["progress_ratio"]["mean"],
-             episodic_reward=a["episodic_reward"]["mean"])
-  return row
+def ppo_config(s: dict, env_cfg):
+  """The synthetic from-scratch PPO configuration of recipe `s`."""
+  return train_cmd.fused_config(_args(s, "all", lr=s["lr_ppo"]), "ppo", env_cfg)
+
+
+def ppo_summary(cfg) -> dict:
+  return dataclasses.asdict(cfg.ppo)
 
 
 def _evaluate(agent, params, scenes, env_cfg, seed) -> dict:
-  import jax
-
-  from shared import evaluation
-  from shared.sim import episode
-
-  res = evaluation.evaluate_scenes(agent.policy_fn(greedy=True), params, scenes, env_cfg, jax.random.PRNGKey(seed),
-                                   batch_size=min(4, len(scenes)))
-  return _summary_row(episode.summarize(res["per_agent"]))
+  return train_cmd.eval_row(agent, params, scenes, env_cfg, seed)
 
 
 def _train(agent, cfg, scenes, iters: int, seed: int, params, curve: list, phase: str, on_eval=None,
@@ -117,20 +112,22 @@ def _train(agent, cfg, scenes, iters: int, seed: int, params, curve: list, phase
   return jax.device_get(carry.train.params), steps, train_wall, clock.get("compile_s")
 
 
-def synthetic_part(s: dict, seed: int, goal_target: float, max_failure: float) -> dict:
+def synthetic_scenes(s: dict, seed: int):
+  """(scenes, metas, train indices, held-out indices) of recipe `s`."""
   from shared import evaluation
   from shared.scenes import types
 
-  from shared.scenes import synthetic
-
   caps = types.SceneConfig(max_objects=s["max_objects"], max_road_points=3000, num_timesteps=s["num_timesteps"])
-  syn = synthetic.SyntheticConfig(num_timesteps=s["num_timesteps"], num_vehicles=tuple(s["synth_vehicles"]))
-  pairs = synthetic.generate_many(s["synth_scenes"], seed, syn, caps)
-  scenes, metas = [p[0] for p in pairs], [p[1] for p in pairs]
-  train_idx, held = evaluation.split_scenes(metas, 0.25, seed)
+  scenes, metas, _ = train_cmd.load_scenes("synthetic", s["synth_scenes"], seed, caps, vehicles=s["synth_vehicles"])
+  train_idx, held = evaluation.split_scenes(metas, s["held_out_fraction"], seed)
+  return scenes, metas, train_idx, held
+
+
+def synthetic_part(s: dict, seed: int, goal_target: float, max_failure: float) -> dict:
+  scenes, _, train_idx, held = synthetic_scenes(s, seed)
   agent = _agent(s)
-  env_cfg = eval_cmd.env_config_for("all")
-  cfg = train_cmd.fused_config(_args(s, "all", lr=s["lr_ppo"]), "ppo", env_cfg)
+  env_cfg = train_cmd.train_env_config("all")
+  cfg = ppo_config(s, env_cfg)
   curve, evals, reached = [], [], {}
 
   def on_eval(params, steps, wall):
@@ -145,7 +142,7 @@ def synthetic_part(s: dict, seed: int, goal_target: float, max_failure: float) -
   _, steps, wall, compile_s = _train(agent, cfg, [scenes[i] for i in train_idx], 10**9, seed, None, curve, "ppo",
                                      on_eval, s["eval_every"], s["synth_budget_s"])
   return {"scenes": {"train": len(train_idx), "held_out": len(held), "num_timesteps": s["num_timesteps"]},
-          "agents": "all", "net": s["net"], "ppo": dataclasses.asdict(cfg.ppo), "agent_steps": steps,
+          "agents": "all", "net": s["net"], "ppo": ppo_summary(cfg), "agent_steps": steps,
           "wall_s": round(wall, 1), "compile_s": compile_s,
           "target": {"goal_rate": goal_target, "max_collision_plus_offroad": max_failure},
           "reached": reached or None, "held_out_evals": evals, "curve": curve}
@@ -160,7 +157,7 @@ def real_part(s: dict, seed: int, real_dir: str) -> dict:
   train_idx, held = evaluation.split_scenes(metas, 0.2, seed)
   train_scenes = [scenes[i] for i in train_idx]
   agent = _agent(s)
-  env_cfg = eval_cmd.env_config_for("sdc")
+  env_cfg = train_cmd.train_env_config("sdc")
   curve, rows = [], {}
   bc_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_bc"], scenes_per_iter=min(4, len(train_scenes))), "bc",
                                   env_cfg)
@@ -168,17 +165,17 @@ def real_part(s: dict, seed: int, real_dir: str) -> dict:
   split_eval = lambda p: {"train": _evaluate(agent, p, train_scenes, env_cfg, seed),
                           "held_out": _evaluate(agent, p, [scenes[i] for i in held], env_cfg, seed)}
   rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))
-  ppo_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_ppo"], scenes_per_iter=min(4, len(train_scenes))),
-                                   "ppo", env_cfg)
+  from shared.algos import ppo
+
+  ppo_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_finetune"], scenes_per_iter=min(4, len(train_scenes))),
+                                   "ppo", env_cfg, ppo.PPOConfig(**FINETUNE_PPO))
   params, ppo_steps, ppo_wall, _ = _train(agent, ppo_cfg, train_scenes, s["ppo_iters"], seed, params, curve, "ppo")
   rows["bc+ppo"] = dict(split_eval(params), agent_steps=ppo_steps, wall_s=round(ppo_wall, 1))
   import jax
 
-  from shared.sim import episode
-
   log = evaluation.evaluate_scenes("log", None, scenes, env_cfg, jax.random.PRNGKey(seed),
                                    batch_size=min(4, len(scenes)))
-  rows["log"] = {"all": _summary_row(episode.summarize(log["per_agent"]))}
+  rows["log"] = {"all": train_cmd.summary_row(log["per_agent"])}
   return {"scenes": {"train": len(train_idx), "held_out": len(held), "dir": os.path.abspath(real_dir)},
           "agents": "sdc", "net": s["net"], "table2": rows, "curve": curve}
 
@@ -215,10 +212,11 @@ def plot(result: dict, path: str) -> None:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-  s = _settings(args.quick)
+  s = settings(args.quick)
   t0 = time.perf_counter()
   result = {"benchmark": "learn", "quick": args.quick, "settings": s, "machine": platform.platform(),
-            "cpu_count": os.cpu_count(), "command": "drivelab bench learn" + (" --quick" if args.quick else "")}
+            "cpu_count": os.cpu_count(), "command": "drivelab bench learn" + (" --quick" if args.quick else ""),
+            "provenance": dict(provenance.machine(), commit=provenance.git_commit(), utc=provenance.utc_now())}
   os.makedirs(args.out_dir, exist_ok=True)
 
   def write():  # after each part, so a later failure keeps the earlier numbers

@@ -1,9 +1,10 @@
-"""`drivelab demo`: the main job behind `make run` until training lands in it.
+"""`drivelab demo`: the main job behind `make run`.
 
 Generates synthetic scenes (the default data) and writes them as native shards, optionally loads a folder of real
 GPUDrive scenes, drives every scene with the two log-tracking experts in the JAX simulator, renders pictures and
-replay GIFs, runs the whole service stack (`drivelab up`) for `--stack-seconds`, and writes a report (Markdown +
-HTML + JSON) that a person can open.
+replay GIFs, trains a policy with PPO from scratch for `--train-seconds` (services/cli/demo_train.py: the fused
+trainer of `drivelab train`, evaluated greedily on held-out scenes), runs the whole service stack (`drivelab up`)
+for `--stack-seconds`, and writes a report (Markdown + HTML + JSON) that a person can open.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def register(subparsers) -> None:
   p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
   p.add_argument("--out", default="runs/latest", help="run directory for shards, pictures and the report")
   p.add_argument("--gifs", type=int, default=2, help="replay GIFs per dataset")
+  p.add_argument("--train-seconds", type=float, default=180.0,
+                 help="train PPO from scratch on short synthetic scenes for this long, then evaluate (0: skip)")
   p.add_argument("--stack-seconds", type=float, default=0.0,
                  help="also run the whole service stack on synthetic scenes for this long (0: skip)")
   p.set_defaults(func=cmd_demo)
@@ -172,6 +175,14 @@ def _write_report(out: pathlib.Path, sections: list[dict], meta: dict) -> tuple[
                             for r in _rows(result)) + "</table>")
     md += [f"![{p}]({p})" for p in s["pictures"]] + [""]
     body.append("".join(f'<img src="{html.escape(p)}" width="420">' for p in s["pictures"]))
+  if meta.get("training"):
+    from services.cli import demo_train
+
+    train_md = demo_train.report_md(meta["training"])
+    md += train_md
+    curve = meta["training"].get("curve")
+    body.append("<pre>" + html.escape("\n".join(l for l in train_md if not l.startswith("!["))) + "</pre>"
+                + (f'<img src="{html.escape(curve)}" width="900">' if curve else ""))
   if meta.get("stack"):
     stack_md = _stack_md(meta["stack"])
     md += stack_md
@@ -202,8 +213,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pictures = _pictures(label, scenarios, metas, out, args.gifs)
     sections.append(dict(label=label, source=where, num_scenes=len(scenarios), skipped=len(errors),
                          errors=errors, caps=dataclasses.asdict(caps), replays=replays, pictures=pictures))
+  training = None
+  if args.train_seconds > 0:
+    from services.cli import demo_train
+
+    training = demo_train.train_synthetic(out, args.train_seconds, args.seed, console)
   stack = _run_stack(args.stack_seconds, out) if args.stack_seconds > 0 else None
-  meta = dict(stack=stack, commit=provenance.git_commit(), utc=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+  meta = dict(training=training, stack=stack, commit=provenance.git_commit(), utc=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
               machine=f"{platform.machine()} {platform.system()} python {platform.python_version()}",
               seconds=time.perf_counter() - t0, command="drivelab " + " ".join(sys.argv[1:]))
   (out / "demo.json").write_text(json.dumps(dict(meta=meta, sections=sections), indent=2, default=str))

@@ -1,8 +1,11 @@
 """`drivelab train --algo ppo|bc [--pretrain bc] --scenes DIR|synthetic --steps N`: the fused single-process trainer.
 
-Runs shared.algos.fused (policy inside the jitted rollout, the learner's own update step) with a progress bar, and
-writes into --run-dir:
-  metrics_history.jsonl          one line per iteration: phase, iteration, agent_steps, wall_s, losses, rates
+Runs shared.algos.fused (policy inside the jitted rollout, the learner's own update step; the loop is
+services/cli/train_loop.py) with a progress bar showing agent steps, steps/s, the training rollouts' rates and the
+latest held-out evaluation, and writes into --run-dir:
+  metrics_history.jsonl          one line per iteration: phase, iteration, agent_steps, wall_s, losses, rates;
+                                 every --eval-every iterations also a line with kind "eval": greedy held-out
+                                 evaluation (done signals off) as eval/goal_reached, eval/collision, eval/offroad, ...
   checkpoints/<phase>/ckpt_*.msgpack   atomic checkpoints (services.learner.checkpoint), the last 3 kept
   policy.json                    how to rebuild the agent (net, preset, grid, agents) for `load_policy`
   evaluations/, report/          greedy evaluation (done signals off) of the final params and the log, and the report
@@ -20,8 +23,9 @@ import os
 import time
 
 from services.cli import scenes_io
+from services.cli.train_loop import EVAL_KEYS, eval_row, summary_row, train_phase
 
-NETS, PRESETS = ("mlp", "perceiver"), ("small", "base")
+NETS, PRESETS = ("mlp", "perceiver"), ("tiny", "small", "base")
 
 
 def register(subparsers) -> None:
@@ -36,12 +40,15 @@ def register(subparsers) -> None:
   p.add_argument("--run-dir", default="runs/train", help="outputs and checkpoints; reruns resume from here")
   p.add_argument("--agents", default="all", help="sdc | all | N controlled agents per scene")
   p.add_argument("--net", choices=NETS, default="mlp")
-  p.add_argument("--preset", choices=PRESETS, default="small")
+  p.add_argument("--preset", choices=PRESETS, default="small", help="network size (tiny: MLP only)")
   p.add_argument("--scenes-per-iter", type=int, default=4, help="scenes simulated per iteration")
   p.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-4 PPO, 1e-3 BC)")
   p.add_argument("--epochs", type=int, default=4)
   p.add_argument("--minibatches", type=int, default=4)
   p.add_argument("--checkpoint-every", type=int, default=20, help="iterations between checkpoints")
+  p.add_argument("--eval-every", type=int, default=20,
+                 help="iterations between greedy evaluations on the held-out scenes, shown in the bar (0: off)")
+  p.add_argument("--max-seconds", type=float, default=None, help="stop each phase after this much training time")
   p.add_argument("--held-out-fraction", type=float, default=0.2)
   p.add_argument("--no-eval", action="store_true", help="skip the final evaluation and report")
   p.add_argument("--no-progress", action="store_true")
@@ -49,16 +56,19 @@ def register(subparsers) -> None:
   p.set_defaults(func=cmd_train, max_objects=32, max_road_points=3000)
 
 
-def load_scenes(scenes: str, num: int | None, seed: int, scene_cfg):
-  """(scenarios, metas, source) for a folder or 'synthetic'; raises ValueError."""
+def load_scenes(scenes: str, num: int | None, seed: int, scene_cfg, vehicles: tuple[int, int] | None = None):
+  """(scenarios, metas, source) for a folder or 'synthetic' (`vehicles`: range per synthetic scene, default the
+  generator's); raises ValueError. `source` says how to make the same scenes again (the report reloads them)."""
   from shared.scenes import dataset, synthetic
 
   if scenes == "synthetic":
     num = 16 if num is None else num
     syn = dataclasses.replace(synthetic.SyntheticConfig(), num_timesteps=scene_cfg.num_timesteps,
                               init_step=scene_cfg.init_step)
+    syn = syn if vehicles is None else dataclasses.replace(syn, num_vehicles=tuple(vehicles))
     pairs = synthetic.generate_many(num, seed, syn, scene_cfg)
-    return [p[0] for p in pairs], [p[1] for p in pairs], {"scenes": "synthetic", "num": num, "seed": seed}
+    source = {"scenes": "synthetic", "num": num, "seed": seed, "vehicles": list(syn.num_vehicles)}
+    return [p[0] for p in pairs], [p[1] for p in pairs], source
   if not os.path.isdir(scenes):
     raise ValueError(f"--scenes: no such folder {scenes}")
   res = dataset.load_folder(scenes, scene_cfg, limit=num)
@@ -74,54 +84,24 @@ def make_agent(net: str, preset: str):
   return agent_lib.make_agent(actor_critic.preset(preset, net), grid)
 
 
-def fused_config(args, algo: str, env_cfg):
-  from shared.algos import bc_update, fused, ppo_update, training
+def train_env_config(agents: str):
+  """The training environment for an --agents value (done signals on); raises ValueError on a bad value."""
+  from services.cli import eval_cmd
+
+  return eval_cmd.env_config_for(agents)
+
+
+def fused_config(args, algo: str, env_cfg, ppo_loss=None):
+  """FusedConfig from the flags (lr, epochs, minibatches, scenes_per_iter); `ppo_loss`: a ppo.PPOConfig."""
+  from shared.algos import bc_update, fused, ppo, ppo_update, training
 
   lr = args.lr if args.lr is not None else (3e-4 if algo == "ppo" else 1e-3)
   opt = training.OptimizerConfig(learning_rate=lr)
   return fused.FusedConfig(
       env=env_cfg, algo=algo, num_scenes=args.scenes_per_iter,
-      ppo=ppo_update.PPOUpdateConfig(optimizer=opt, num_epochs=args.epochs, num_minibatches=args.minibatches),
+      ppo=ppo_update.PPOUpdateConfig(ppo=ppo_loss or ppo.PPOConfig(), optimizer=opt, num_epochs=args.epochs,
+                                     num_minibatches=args.minibatches),
       bc=bc_update.BCUpdateConfig(optimizer=opt, num_epochs=args.epochs, num_minibatches=args.minibatches))
-
-
-def _ckpt_template(carry):
-  return {"train": carry.train, "rng": carry.rng, "iteration": carry.iteration}
-
-
-def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int, params=None,
-                checkpoint_every: int = 20, show_progress: bool = True, t_offset: float = 0.0):
-  """Runs (or resumes) one phase; returns (params, agent_steps, wall_s). History lines are appended to the run."""
-  import jax
-
-  from services.learner import checkpoint
-  from shared.algos import fused
-
-  ckpt_dir = os.path.join(run_dir, "checkpoints", cfg.algo)
-  carry = fused.init_carry(agent, cfg, scenarios, jax.random.PRNGKey(seed), params)
-  done_steps, wall0 = 0, 0.0
-  restored = checkpoint.restore_latest(ckpt_dir, jax.device_get(_ckpt_template(carry)))
-  if restored is not None:
-    tree, _, extra = restored
-    carry = carry.replace(**jax.tree.map(jax.numpy.array, tree))
-    done_steps, wall0 = int(extra["agent_steps"]), float(extra.get("wall_s", 0.0))
-  iteration_fn = fused.make_train_iteration(agent, cfg)
-  history = open(os.path.join(run_dir, "metrics_history.jsonl"), "a")
-
-  def on_iteration(carry, metrics, steps, wall):
-    it = int(carry.iteration)
-    row = {"phase": cfg.algo, "iteration": it, "agent_steps": steps, "wall_s": round(wall0 + wall + t_offset, 3),
-           **{k: round(v, 6) for k, v in metrics.items()}}
-    history.write(json.dumps(row) + "\n")
-    history.flush()
-    if checkpoint_every and (it % checkpoint_every == 0 or steps >= total_steps):
-      checkpoint.save(ckpt_dir, _ckpt_template(carry), it, {"agent_steps": steps, "wall_s": wall0 + wall})
-
-  try:
-    carry, steps = fused.run(iteration_fn, carry, total_steps, on_iteration, show_progress, agent_steps_done=done_steps)
-  finally:
-    history.close()
-  return jax.device_get(carry.train.params), steps, wall0
 
 
 def evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, run_dir: str, source: dict,
@@ -139,7 +119,7 @@ def evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, run
     res = evaluation.evaluate_scenes(policy, params, scenarios, env_cfg, jax.random.PRNGKey(seed),
                                      batch_size=min(4, len(scenarios)))
     record = report.make_record(name, res["per_agent"], metas, source, evaluation.eval_env_config(env_cfg),
-                                None, held, split)
+                                scene_cfg, held, split)
     report.write_evaluation(run_dir, record, {k: res[k] for k in ("x", "y", "yaw")})
     out = record
   return out
@@ -166,10 +146,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
   console = Console()
   try:
-    env_cfg = eval_cmd.env_config_for(args.agents)
+    env_cfg = train_env_config(args.agents)
     scene_cfg = scenes_io.caps_from_args(args)
-    if args.steps < 1 or args.scenes_per_iter < 1:
-      raise ValueError("need --steps >= 1 and --scenes-per-iter >= 1")
+    if args.steps < 1 or args.scenes_per_iter < 1 or args.eval_every < 0:
+      raise ValueError("need --steps >= 1, --scenes-per-iter >= 1 and --eval-every >= 0")
+    if args.preset == "tiny" and args.net != "mlp":
+      raise ValueError("--preset tiny exists for --net mlp only")
     if args.pretrain and args.algo != "ppo":
       raise ValueError("--pretrain bc goes with --algo ppo")
     scenarios, metas, source = load_scenes(args.scenes, args.num, args.seed, scene_cfg)
@@ -181,8 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 2
   from shared import evaluation
 
-  train_idx, _ = evaluation.split_scenes(metas, args.held_out_fraction, args.seed)
-  train_scenes = [scenarios[i] for i in train_idx]
+  train_idx, held = evaluation.split_scenes(metas, args.held_out_fraction, args.seed)
+  train_scenes, held_scenes = [scenarios[i] for i in train_idx], [scenarios[i] for i in held]
   os.makedirs(args.run_dir, exist_ok=True)
   agent = make_agent(args.net, args.preset)
   meta = {"net": args.net, "preset": args.preset, "agents": args.agents, "algo": args.algo, "pretrain": args.pretrain,
@@ -196,7 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
   for algo, steps in phases:
     cfg = fused_config(args, algo, env_cfg)
     params, done, _ = train_phase(agent, cfg, train_scenes, steps, args.run_dir, args.seed, params,
-                                  args.checkpoint_every, not args.no_progress)
+                                  args.checkpoint_every, not args.no_progress, held_out=held_scenes,
+                                  eval_every=args.eval_every, max_seconds=args.max_seconds)
     console.print(f"{algo}: {done:,} agent steps, {time.perf_counter() - t0:.0f} s")
   if not args.no_eval:
     record = evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, args.run_dir,
@@ -213,5 +196,6 @@ def cmd_train(args: argparse.Namespace) -> int:
   return 0
 
 
-__all__ = ["register", "cmd_train", "evaluate_and_report", "fused_config", "load_policy", "load_scenes",
-           "make_agent", "train_phase"]
+# train_loop's names are re-exported: the loop is part of this command's interface.
+__all__ = ["EVAL_KEYS", "register", "cmd_train", "eval_row", "evaluate_and_report", "fused_config", "load_policy",
+           "load_scenes", "make_agent", "summary_row", "train_env_config", "train_phase"]

@@ -212,11 +212,12 @@ def init_carry(agent: Agent, cfg: FusedConfig, scenarios: list[types.Scenario], 
 # DRIVER
 
 def run(iteration_fn, carry: FusedCarry, total_agent_steps: int, on_iteration=None, show_progress: bool = True,
-        max_iterations: int | None = None, agent_steps_done: int = 0) -> tuple[FusedCarry, int]:
+        max_iterations: int | None = None, agent_steps_done: int = 0, status_fn=None) -> tuple[FusedCarry, int]:
   """Calls `iteration_fn` until `total_agent_steps` agent steps (or `max_iterations`); returns (carry, agent steps).
 
   on_iteration(carry, metrics: dict of floats, agent_steps: int, wall_s: float) runs after every iteration
   (metrics are fetched to the host there, once per iteration) and may return False to stop early.
+  status_fn() -> str, if given, is appended to the bar after each iteration (e.g. the latest held-out evaluation).
   """
   import time
 
@@ -232,10 +233,12 @@ def run(iteration_fn, carry: FusedCarry, total_agent_steps: int, on_iteration=No
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       steps, it = steps + int(metrics["agent_steps"]), it + 1
       wall = time.perf_counter() - t0
+      stop = on_iteration is not None and on_iteration(carry, metrics, steps, wall) is False
       bar.update(task, completed=min(steps, total_agent_steps), info=(
-          f"{steps / max(wall, 1e-9):,.0f} steps/s  goal {metrics['goal_rate']:.2f}  "
-          f"collision {metrics['collision_rate']:.2f}  offroad {metrics['offroad_rate']:.2f}"))
-      if on_iteration is not None and on_iteration(carry, metrics, steps, wall) is False:
+          f"{steps / max(wall, 1e-9):,.0f} steps/s  train goal {metrics['goal_rate']:.2f} "
+          f"col {metrics['collision_rate']:.2f} off {metrics['offroad_rate']:.2f}"
+          + (f"  {status_fn()}" if status_fn is not None else "")))
+      if stop:
         break
   return carry, steps
 

@@ -54,6 +54,8 @@ _PRESETS = {
                                                           num_latents=8, num_cross_rounds=2), head_width=512),
     },
     "mlp": {
+        # ~30k parameters: compiles and steps fast on a 2-core CPU (make run, bench learn --quick, tests).
+        "tiny": dict(mlp=mlp.MLPConfig(hidden=(128,), width=64), head_width=64, head_blocks=1),
         "small": dict(mlp=mlp.MLPConfig(hidden=(512, 384), width=192), head_width=128),
         "base": dict(mlp=mlp.MLPConfig(hidden=(1024, 768), width=384), head_width=256),
         "large": dict(mlp=mlp.MLPConfig(hidden=(2048, 2048, 1024), width=1024), head_width=512),
@@ -62,7 +64,7 @@ _PRESETS = {
 
 
 def preset(size: str, encoder: str = "perceiver", action_dims: tuple[int, ...] = DEFAULT_ACTION_DIMS) -> NetConfig:
-  """A named size ("small", "base", "large") for either encoder."""
+  """A named size ("small", "base", "large") for either encoder; "tiny" for the MLP only."""
   if encoder not in _PRESETS or size not in _PRESETS[encoder]:
     raise ValueError(f"unknown preset {size!r} for encoder {encoder!r}; sizes: {sorted(_PRESETS['mlp'])}")
   return NetConfig(encoder=encoder, action_dims=tuple(action_dims), **_PRESETS[encoder][size])

@@ -17,7 +17,9 @@ from shared.scenes import dataset, synthetic, types
 from shared.sim import env
 
 CAPS = types.SceneConfig(max_objects=24, max_road_points=3000, max_tl_lanes=8)
-ENV = env.EnvConfig(control_mode="all", max_controlled=8)
+# Cars drive on past their goals here (evaluation keeps the env's stop_at_goal): the constant policy's cars must
+# keep heading and speed to the end for the straight-line check below.
+ENV = env.EnvConfig(control_mode="all", max_controlled=8, stop_at_goal=False)
 
 
 def _metas(ids):
@@ -43,7 +45,9 @@ def test_unknown_policy_and_done_signals_off():
   with pytest.raises(ValueError, match="unknown policy"):
     evaluation.make_policy("greedy-ish")
   cfg = evaluation.eval_env_config(env.EnvConfig())
-  assert (cfg.done_on_collision, cfg.done_on_offroad, cfg.stop_at_goal) == (False, False, False)
+  assert (cfg.done_on_collision, cfg.done_on_offroad, cfg.stop_at_goal) == (False, False, True)
+  # reaching the goal keeps the training environment's meaning
+  assert evaluation.eval_env_config(env.EnvConfig(stop_at_goal=False)).stop_at_goal is False
 
 
 @pytest.fixture(scope="module")
