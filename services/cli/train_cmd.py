@@ -40,7 +40,7 @@ def register(subparsers) -> None:
   p.add_argument("--run-dir", default="runs/train", help="outputs and checkpoints; reruns resume from here")
   p.add_argument("--agents", default="all", help="sdc | all | N controlled agents per scene")
   p.add_argument("--net", choices=NETS, default="mlp")
-  p.add_argument("--preset", choices=PRESETS, default="small", help="network size (tiny: MLP only)")
+  p.add_argument("--preset", choices=PRESETS, default="small", help="network size")
   p.add_argument("--scenes-per-iter", type=int, default=4, help="scenes simulated per iteration")
   p.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-4 PPO, 1e-3 BC)")
   p.add_argument("--epochs", type=int, default=4)
@@ -150,8 +150,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     scene_cfg = scenes_io.caps_from_args(args)
     if args.steps < 1 or args.scenes_per_iter < 1 or args.eval_every < 0:
       raise ValueError("need --steps >= 1, --scenes-per-iter >= 1 and --eval-every >= 0")
-    if args.preset == "tiny" and args.net != "mlp":
-      raise ValueError("--preset tiny exists for --net mlp only")
     if args.pretrain and args.algo != "ppo":
       raise ValueError("--pretrain bc goes with --algo ppo")
     scenarios, metas, source = load_scenes(args.scenes, args.num, args.seed, scene_cfg)

@@ -11,8 +11,8 @@ on its own (`agent.host_init(seed, ...)`, numpy on the host: no compile) and nob
 Shapes: F = `pn.num_features` = every Observation leaf of one agent flattened (services.simulator.engine's
 `flat_features`); `pn.layout` (shared.nets.inputs.FlatLayout) turns (..., F) back into the NetInput the Agent reads.
 Params travel flattened to "/"-joined keys (flax.traverse_util) and come back nested with `from_flat`.
-Presets: shared.nets.actor_critic's "small" (~0.75M), "base" (~2.5M), "large"; plus "tiny" here (a few thousand
-parameters: tests and quick stacks).
+Presets: shared.nets.actor_critic's "tiny" (tests, quick stacks and benchmarks), "small" (~0.75M), "base" (~2.5M),
+"large".
 """
 
 from __future__ import annotations
@@ -26,17 +26,12 @@ import numpy as np
 from flax import traverse_util
 
 from shared.algos import agent as agent_lib
-from shared.nets import actor_critic, inputs, mlp, perceiver
+from shared.nets import actor_critic, inputs
 from shared.sim import actions as actions_lib
 from shared.sim import observations
 
 NETS = ("mlp", "perceiver")
 PRESETS = ("tiny", "small", "base", "large")
-_TINY = {
-    "mlp": dict(mlp=mlp.MLPConfig(hidden=(32,), width=32), head_width=32, head_blocks=1),
-    "perceiver": dict(perceiver=perceiver.PerceiverConfig(width=16, num_heads=2, num_self_layers=1, num_latents=2),
-                      head_width=32, head_blocks=1),
-}
 SEP = "/"
 
 
@@ -44,8 +39,6 @@ def net_config(net: str, preset: str) -> actor_critic.NetConfig:
   """NetConfig for `--net mlp|perceiver --preset tiny|small|base|large`."""
   if net not in NETS or preset not in PRESETS:
     raise ValueError(f"unknown network {net!r}/{preset!r}: nets {NETS}, presets {PRESETS}")
-  if preset == "tiny":
-    return actor_critic.NetConfig(encoder=net, **_TINY[net])
   return actor_critic.preset(preset, net)
 
 

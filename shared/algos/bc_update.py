@@ -96,8 +96,7 @@ def make_bc_update_step(agent: Agent, config: BCUpdateConfig = BCUpdateConfig())
   return jax.jit(make_bc_update_fn(agent, config), donate_argnums=0)
 
 
-def init_state(params: Any, config: BCUpdateConfig, rng: Array) -> training.TrainingState:
-  return training.init_training_state(params, training.make_optimizer(config.optimizer), rng)
+init_state = training.init_state  # (params, config, rng) -> TrainingState, one definition for every learner
 
 
 __all__ = ["BCUpdateConfig", "Demonstration", "demonstration_batch", "init_state", "make_bc_update_fn",

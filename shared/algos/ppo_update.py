@@ -124,8 +124,7 @@ def make_ppo_update_step(agent: Agent, config: PPOUpdateConfig = PPOUpdateConfig
   return jax.jit(make_ppo_update_fn(agent, config), donate_argnums=0)
 
 
-def init_state(params: Any, config: PPOUpdateConfig, rng: Array) -> training.TrainingState:
-  return training.init_training_state(params, training.make_optimizer(config.optimizer), rng)
+init_state = training.init_state  # (params, config, rng) -> TrainingState, one definition for every learner
 
 
 __all__ = ["PPOUpdateConfig", "Trajectory", "init_state", "make_ppo_update_fn", "make_ppo_update_step",

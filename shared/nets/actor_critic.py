@@ -48,6 +48,9 @@ class NetConfig:
 
 _PRESETS = {
     "perceiver": {
+        # a few thousand parameters: tests and quick stacks.
+        "tiny": dict(perceiver=perceiver.PerceiverConfig(width=16, num_heads=2, num_self_layers=1, num_latents=2),
+                     head_width=32, head_blocks=1),
         "small": dict(perceiver=perceiver.PerceiverConfig(width=96, num_heads=4, num_self_layers=2), head_width=128),
         "base": dict(perceiver=perceiver.PerceiverConfig(width=160, num_heads=8, num_self_layers=3), head_width=256),
         "large": dict(perceiver=perceiver.PerceiverConfig(width=320, num_heads=8, num_self_layers=4,
@@ -64,7 +67,7 @@ _PRESETS = {
 
 
 def preset(size: str, encoder: str = "perceiver", action_dims: tuple[int, ...] = DEFAULT_ACTION_DIMS) -> NetConfig:
-  """A named size ("small", "base", "large") for either encoder; "tiny" for the MLP only."""
+  """A named size ("tiny", "small", "base", "large") for either encoder."""
   if encoder not in _PRESETS or size not in _PRESETS[encoder]:
     raise ValueError(f"unknown preset {size!r} for encoder {encoder!r}; sizes: {sorted(_PRESETS['mlp'])}")
   return NetConfig(encoder=encoder, action_dims=tuple(action_dims), **_PRESETS[encoder][size])

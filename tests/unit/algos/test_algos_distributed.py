@@ -69,7 +69,7 @@ def test_two_device_step_equals_one_device_step_on_the_concatenated_batch(tmp_pa
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
              PYTHONPATH=str(REPO))
   proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=300)
+                        timeout=600)  # ~50 s alone; 300 s was exceeded at load 16 on 2 cores
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
   result = json.loads(line[len("RESULT "):])
@@ -80,3 +80,30 @@ def test_two_device_step_equals_one_device_step_on_the_concatenated_batch(tmp_pa
     assert abs(r["loss"][0] - r["loss"][1]) < 1e-5, r
     assert r["replicas_equal"], r
     assert r["steps"] == 2, r
+
+
+def test_initialize_is_a_no_op_for_one_process_and_checks_its_arguments():
+  import jax
+
+  from shared.algos import distributed
+
+  assert distributed.initialize() is False  # the learner's default flags: one process, no coordinator
+  assert distributed.initialize("127.0.0.1:1", num_processes=1, process_id=0) is False
+  assert not jax.distributed.is_initialized()
+  with pytest.raises(ValueError):
+    distributed.initialize("127.0.0.1:1", num_processes=0, process_id=0)
+
+
+def test_global_batch_of_one_process_is_the_whole_batch_split_on_the_batch_axis():
+  import jax
+  import numpy as np
+
+  from shared.algos import distributed
+
+  mesh = distributed.make_mesh()
+  x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+  g = distributed.global_batch({"x": x}, mesh, batch_axis=1)["x"]
+  assert g.shape == (2, 3, 4) and g.sharding.spec == distributed.batch_spec(1)
+  np.testing.assert_array_equal(np.asarray(g), x)
+  np.testing.assert_array_equal(distributed.host_copy(distributed.replicate({"x": x}, mesh))["x"], x)
+  assert jax.process_count() == 1
