@@ -6,7 +6,7 @@ latest held-out evaluation, and writes into --run-dir:
   metrics_history.jsonl          one line per iteration: phase, iteration, agent_steps, wall_s, losses, rates;
                                  every --eval-every iterations also a line with kind "eval": greedy held-out
                                  evaluation (done signals off) as eval/goal_reached, eval/collision, eval/offroad, ...
-  checkpoints/<phase>/ckpt_*.msgpack   atomic checkpoints (services.learner.checkpoint), the last 3 kept
+  checkpoints/<phase>/ckpt_<version>/  atomic orbax checkpoints (services.learner.checkpoint), the last 3 kept
   policy.json                    how to rebuild the agent (net, preset, grid, agents) for `load_policy`
   evaluations/, report/          greedy evaluation (done signals off) of the final params and the log, and the report
 A rerun with the same --run-dir resumes from the newest checkpoint (same scenes and flags: exactly where it stopped).

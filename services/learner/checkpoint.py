@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import pathlib
 import re
@@ -33,6 +34,10 @@ FORMAT = 2
 PREFIX = "ckpt"
 PATTERN = re.compile(rf"^{PREFIX}_(\d{{10}})$")
 COMMIT_MARKER = "commit_success.txt"  # written by orbax inside the temporary directory, before the rename
+# orbax logs every save step at INFO through absl; a training run's console and the services' logs want one line
+# per checkpoint (ours), not fifty.
+for _name in ("absl", "orbax"):
+  logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def checkpoint_path(directory: str | os.PathLike, version: int) -> pathlib.Path:
