@@ -30,7 +30,7 @@ run: install
 	$(BIN)/drivelab demo --scenes $(SCENES) --out $(RUN_DIR) --stack-seconds $(STACK_SECONDS) $(if $(REAL),--real $(REAL))
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --timeout 900 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --timeout 900 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)

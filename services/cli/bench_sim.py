@@ -1,13 +1,17 @@
 """`drivelab bench sim`: simulator step cost by batch size and controlled agents, its parts, and a brute-force
 off-road baseline.
 
-Full step = dynamics + observations of every object + all metrics + reward (+ the road-candidate refresh every
-`candidate_refresh_steps` steps), run as `rollout_batch` inside one `lax.scan` under jit with random grid actions.
+Full step = dynamics + observations of the controlled objects + all metrics of every object + reward (+ the
+road-candidate refresh every `candidate_refresh_steps` steps), run as `rollout_batch` inside one `lax.scan` under
+jit with random grid actions that depend on the observation (through a sum that never changes them), so XLA cannot
+drop the observation as dead code.
 Scenes: the real ones in a folder (tiled to fill the batch) and/or synthetic ones. Agents: the controlled set is
-chosen once for the largest count and cut down per case, so every case shares one compiled program (the step
-computes every object anyway: its cost does not depend on how many are controlled, agent-steps/s does).
-Components (each alone, in a scan of the same length, batch 1 and the smallest batch > 1): dynamics, observations,
-metrics, the candidate refresh, our off-road check, and Waymax's brute-force off-road check over every road point.
+chosen once for the largest count and cut down per case, so every case shares one compiled program (observations
+are computed for max_controlled egos and metrics for every object: the cost does not depend on how many are
+controlled, agent-steps/s does).
+Components (each alone, in a scan of the same length, batch 1 and the smallest batch > 1): dynamics, observations
+(the env's: controlled objects only; and of every object), metrics, the candidate refresh (per call), our off-road
+check, and Waymax's brute-force off-road check over every road point.
 Results (with command line, git commit, machine, UTC time, load averages) go to --out.
 """
 
@@ -78,7 +82,11 @@ def _full_step_cases(scenes, label, batch_sizes, agents, steps, cfg, repeats):
   from shared.sim import actions, env, rollout
   jax, jnp = _jax()
   n_act = actions.num_actions(cfg.actions)
-  policy = lambda params, obs, rng: jax.random.randint(rng, obs.ego.shape[:1], 0, n_act)
+  from shared.sim import observations
+
+  def policy(params, obs, rng):  # random actions, tied to the observation so it is computed (never changes them)
+    tie = (jnp.sum(observations.flatten(obs)) > 1e30).astype(jnp.int32)
+    return jax.random.randint(rng, obs.ego.shape[:1], 0, n_act) + tie
   rows = []
   for b in batch_sizes:
     states = jax.jit(lambda s: env.reset_batch(s, jax.random.PRNGKey(0), cfg))(_batch(scenes, b))
@@ -104,30 +112,28 @@ def _full_step_cases(scenes, label, batch_sizes, agents, steps, cfg, repeats):
 def _component_fns(cfg, steps):
   """name -> fn(states) running that part alone `steps` times in a scan (state nudged each step so XLA cannot
   hoist the work out of the loop)."""
-  from shared.sim import dynamics, geometry, metrics, observations
+  from shared.sim import dynamics, env, geometry, metrics, observations
   jax, jnp = _jax()
 
   def scan(body):
     def run(st):
       def f(c, i):
         s = st.replace(objects=st.objects.replace(x=st.objects.x + i.astype(jnp.float32) * 1e-4))
-        return c + jnp.sum(body(s)), None
+        return c + sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(body(s))), None
       return jax.lax.scan(f, jnp.float32(0), jnp.arange(steps))[0]
     return run
 
   one = lambda f: lambda s: jax.vmap(f)(s)
   corners = lambda s: geometry.box_corners(s.objects.x, s.objects.y, s.objects.yaw, s.scenario.objects.length,
                                            s.scenario.objects.width)
-  k_edge = geometry.edge_slots(cfg.num_road_candidates)
   return {
       "dynamics": scan(one(lambda s: dynamics.bicycle_step(s.objects, jnp.ones_like(s.objects.x), 0.1 * jnp.ones_like(
           s.objects.x), cfg.dynamics, s.scenario.objects.length).x)),
-      "observations": scan(one(lambda s: observations.flatten(observations.observe(s, cfg.obs)))),
-      "metrics": scan(one(lambda s: metrics.step_metrics(s, s, cfg.metrics).road_edge_distance_m)),
-      "candidate_refresh_per_call": scan(one(lambda s: geometry.nearest_road_points(
-          s.scenario.roads, s.objects.x, s.objects.y, cfg.num_road_candidates))),
-      "offroad_ours": scan(one(lambda s: geometry.road_edge_signed_distance(
-          s.scenario.roads, s.road_candidates[:, :k_edge], corners(s)))),
+      "observations": scan(one(lambda s: observations.flatten(env.observe(s, cfg)))),
+      "observations_every_object": scan(one(lambda s: observations.flatten(observations.observe(s, cfg.obs)))),
+      "metrics": scan(one(lambda s: jax.tree.map(jnp.sum, metrics.step_metrics(s, s, cfg.metrics)))),
+      "candidate_refresh_per_call": scan(one(lambda s: env.refresh_candidates(s, cfg).road_cache)),
+      "offroad_ours": scan(one(lambda s: geometry.cached_edge_signed_distance(s.road_cache, corners(s)))),
       "offroad_brute_force_waymax_style": scan(one(lambda s: geometry.brute_force_edge_distance(
           s.scenario.roads, corners(s)))),
   }

@@ -50,6 +50,10 @@ class SimState:
     road_candidates: (O, K) int32 indices of the road points nearest each object, refreshed every few steps so
       per-step cost does not grow with the map size.
     rng: PRNG key for stochastic parts (random control subsets, sampled actions).
+    road_index: geometry.RoadIndex of the scene's map (depends on the map only; built once at reset so refreshes
+      do not sort the map again); None in hand-built states, then refreshes build it.
+    road_cache: geometry.CandidateCache, the road candidates' attributes gathered at each refresh (steps read
+      these (O, K) arrays instead of gathering from the map); None in hand-built states, then gathered on use.
   """
 
   scenario: Scenario
@@ -60,3 +64,5 @@ class SimState:
   goal_reached: Any
   road_candidates: Any
   rng: Any
+  road_index: Any = None
+  road_cache: Any = None

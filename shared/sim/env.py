@@ -12,6 +12,10 @@ object that observations and metrics look at) are refreshed every `candidate_ref
 reads the first scene's counter (scenes of a batch step in lockstep), so the refresh stays a real branch instead of
 becoming a select that would pay for it every step.
 
+Observations are computed for the controlled objects only (at most max_controlled egos) and returned as (O, ...)
+with zero rows for every other object; metrics for every object. The box gaps and log-path projections are
+computed once per step for both.
+
 Shapes: one scene has O objects; StepOutput arrays are (O, ...); batched functions add a leading B axis.
 """
 
@@ -81,7 +85,8 @@ class StepOutput:
   """What a step derives from the new state (per object, (O, ...)).
 
   Attributes:
-    obs: Observation of the new state.
+    obs: Observation of the new state, (O, ...) leaves: rows of the controlled objects filled (at most
+      max_controlled; they are computed for those alone), every other row zero (remaining_time: every row).
     reward: (O,) float32, zero for objects not controlled or already done before this step.
     done: (O,) bool, episode over for this object (latched): terminal events, or truncation.
     truncated: (O,) bool, this step ended a controlled object's episode by time (the log's last step, or its own
@@ -105,8 +110,19 @@ def refresh_candidates(state: SimState, cfg: EnvConfig) -> SimState:
   o = state.objects
   ahead = 0.5 * cfg.candidate_refresh_steps * cfg.dynamics.dt
   cand = geometry.nearest_road_points(state.scenario.roads, o.x + o.vel_x * ahead, o.y + o.vel_y * ahead,
-                                      cfg.num_road_candidates)
-  return state.replace(road_candidates=cand)
+                                      cfg.num_road_candidates, index=state.road_index)
+  cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cfg.num_road_candidates))
+  return state.replace(road_candidates=cand, road_cache=cache)
+
+
+def _with_search_structures(state: SimState, cfg: EnvConfig) -> SimState:
+  """Fills road_index and road_cache of a hand-built state (static check), so both branches of the refresh
+  condition return the same pytree."""
+  if state.road_index is None:
+    state = state.replace(road_index=geometry.build_road_index(state.scenario.roads))
+  if state.road_cache is None:
+    state = state.replace(road_cache=metrics.road_cache(state))
+  return state
 
 
 def reset(scenario: Scenario, rng, cfg: EnvConfig = EnvConfig()) -> SimState:
@@ -117,13 +133,15 @@ def reset(scenario: Scenario, rng, cfg: EnvConfig = EnvConfig()) -> SimState:
   O = objects.x.shape[-1]
   state = SimState(scenario=scenario, t=jnp.asarray(cfg.init_step, jnp.int32), objects=objects,
                    controlled=controlled, done=jnp.zeros(O, bool), goal_reached=jnp.zeros(O, bool),
-                   road_candidates=jnp.zeros((O, cfg.num_road_candidates), jnp.int32), rng=rng)
+                   road_candidates=jnp.zeros((O, cfg.num_road_candidates), jnp.int32), rng=rng,
+                   road_index=geometry.build_road_index(scenario.roads))
   return refresh_candidates(state, cfg)
 
 
 def observe(state: SimState, cfg: EnvConfig = EnvConfig()) -> observations.Observation:
-  """Observation of a state (what the policy sees at reset, before the first step)."""
-  return observations.observe(state, cfg.obs)
+  """Observation of a state (what the policy sees at reset, before the first step): (O, ...) with the rows of the
+  controlled objects filled and every other row zero, as in StepOutput.obs."""
+  return observations.observe_controlled(state, cfg.max_controlled, cfg.obs)
 
 
 def _advance(state: SimState, accel, steer, cfg: EnvConfig) -> SimState:
@@ -146,13 +164,20 @@ def _advance(state: SimState, accel, steer, cfg: EnvConfig) -> SimState:
 
 
 def _maybe_refresh(state: SimState, cfg: EnvConfig, t) -> SimState:
+  state = _with_search_structures(state, cfg)
   due = (t - cfg.init_step) % cfg.candidate_refresh_steps == 0
   return jax.lax.cond(due, lambda s: refresh_candidates(s, cfg), lambda s: s, state)
 
 
 def _finish(prev: SimState, state: SimState, cfg: EnvConfig) -> tuple[SimState, StepOutput]:
-  """Metrics, done flags, reward and observation of the transition prev -> state."""
-  m = metrics.step_metrics(prev, state, cfg.metrics)
+  """Metrics, done flags, reward and observation of the transition prev -> state.
+
+  The box gaps (O, O) and the projections on the logged paths are computed once and shared by the metrics (every
+  object) and the observations (the controlled objects only).
+  """
+  o, log = state.objects, state.scenario.objects
+  gap = geometry.pairwise_sat_gap(o.x, o.y, o.yaw, log.length, log.width)
+  m, nearest = metrics.step_metrics_shared(prev, state, cfg.metrics, gap)
   goal_reached = prev.goal_reached | m.goal_reached
   ended = jnp.zeros_like(prev.done)
   if cfg.stop_at_goal:
@@ -169,7 +194,8 @@ def _finish(prev: SimState, state: SimState, cfg: EnvConfig) -> tuple[SimState, 
   done = prev.done | terminal | left
   reward = rewards.compute_reward(m, prev, state, cfg.reward) * acting
   state = state.replace(done=done, goal_reached=goal_reached)
-  out = StepOutput(obs=observations.observe(state, cfg.obs), reward=reward.astype(jnp.float32), done=done,
+  obs = observations.observe_controlled(state, cfg.max_controlled, cfg.obs, gap, nearest)
+  out = StepOutput(obs=obs, reward=reward.astype(jnp.float32), done=done,
                    truncated=truncated, metrics=m, controlled=prev.controlled, objects=state.objects)
   return state, out
 
@@ -194,7 +220,7 @@ def reset_batch(scenarios: Scenario, rng, cfg: EnvConfig = EnvConfig()) -> SimSt
 
 def step_batch_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig()):
   """step_continuous over a batch; actions (B, O, 2)."""
-  nxt = jax.vmap(lambda s, a: _advance(s, a[..., 0], a[..., 1], cfg))(state, actions)
+  nxt = jax.vmap(lambda s, a: _with_search_structures(_advance(s, a[..., 0], a[..., 1], cfg), cfg))(state, actions)
   due = (nxt.t[0] - cfg.init_step) % cfg.candidate_refresh_steps == 0
   nxt = jax.lax.cond(due, jax.vmap(lambda s: refresh_candidates(s, cfg)), lambda s: s, nxt)
   return jax.vmap(lambda p, s: _finish(p, s, cfg))(state, nxt)

@@ -89,11 +89,12 @@ class StepMetrics:
   lat_accel_mps2: Any
 
 
-def _boxes(state: SimState, cfg: MetricsConfig):
-  """overlap (O,), min_box_distance_m (O,)."""
+def _boxes(state: SimState, cfg: MetricsConfig, gap=None):
+  """overlap (O,), min_box_distance_m (O,); gap: the (O, O) separating-axis gaps if the caller has them."""
   o, log = state.objects, state.scenario.objects
   n = o.x.shape[0]
-  gap = geometry.pairwise_sat_gap(o.x, o.y, o.yaw, log.length, log.width)
+  if gap is None:
+    gap = geometry.pairwise_sat_gap(o.x, o.y, o.yaw, log.length, log.width)
   pair = o.valid[:, None] & o.valid[None, :] & ~jnp.eye(n, dtype=bool)
   gap = jnp.where(pair, gap, jnp.inf)
   overlap = jnp.any(gap < 0.0, 1)
@@ -105,14 +106,20 @@ def _boxes(state: SimState, cfg: MetricsConfig):
   return overlap & o.valid, jnp.min(exact, 1)
 
 
-def _offroad(state: SimState, cfg: MetricsConfig):
-  """offroad (O,), road_edge_distance_m (O,)."""
-  o, log, roads = state.objects, state.scenario.objects, state.scenario.roads
+def road_cache(state: SimState) -> geometry.CandidateCache:
+  """The state's CandidateCache (refreshed with its candidates), or one gathered now for hand-built states."""
+  if state.road_cache is not None:
+    return state.road_cache
   cand = state.road_candidates
-  num_edge = geometry.edge_slots(cand.shape[1])
+  return geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cand.shape[1]))
+
+
+def _offroad(state: SimState, cfg: MetricsConfig, cache: geometry.CandidateCache):
+  """offroad (O,), road_edge_distance_m (O,)."""
+  o, log = state.objects, state.scenario.objects
   corners = geometry.box_corners(o.x, o.y, o.yaw, log.length, log.width)
-  sd = jnp.max(geometry.road_edge_signed_distance(roads, cand[:, :num_edge], corners), 1)
-  trusted = geometry.candidate_reach(roads, cand, o.x, o.y) <= cfg.candidate_trust_m
+  sd = jnp.max(geometry.cached_edge_signed_distance(cache, corners), 1)
+  trusted = geometry.cached_candidate_reach(cache, o.x, o.y) <= cfg.candidate_trust_m
   sd = jnp.where(trusted, sd, geometry.NO_EDGE_DISTANCE_M)
   return (sd > 0.0) & o.valid, sd
 
@@ -135,24 +142,21 @@ def _kinematics(prev: SimState, state: SimState, cfg: MetricsConfig):
   return jnp.where(o.valid, speed, 0.0), zero(accel), zero(jerk), zero(speed * yaw_rate)
 
 
-def _red_light_run(prev: SimState, state: SimState, cfg: MetricsConfig):
+def _red_light_run(prev: SimState, state: SimState, cfg: MetricsConfig, cache: geometry.CandidateCache):
   """(O,) bool: crossed a red light's stop line during prev -> state."""
-  lights, roads = state.scenario.lights, state.scenario.roads
+  lights = state.scenario.lights
   t = state.t
   live = lights.valid[:, t]  # (L,)
   red = live & jnp.isin(lights.state[:, t], jnp.asarray(types.TL_STOP_STATES))
-  cand = state.road_candidates
-  c = jnp.maximum(cand, 0)
   sx, sy = lights.stop_x[None, :, None], lights.stop_y[None, :, None]
-  same_lane = roads.element_id[c][:, None, :] == lights.lane_id[None, :, None]
-  match = ((cand >= 0) & roads.valid[c])[:, None, :] & same_lane
-  d = jnp.where(match, jnp.hypot(roads.x[c][:, None, :] - sx, roads.y[c][:, None, :] - sy), jnp.inf)  # (O, L, K)
+  match = cache.ok[:, None, :] & (cache.element_id[:, None, :] == lights.lane_id[None, :, None])
+  d = jnp.where(match, jnp.hypot(cache.x[:, None, :] - sx, cache.y[:, None, :] - sy), jnp.inf)  # (O, L, K)
   j = geometry.argmin_last(d)[..., None]
-  nearest = jnp.take_along_axis(jnp.broadcast_to(c[:, None, :], d.shape), j, -1)[..., 0]  # (O, L) point index
+  at_j = lambda a: jnp.take_along_axis(jnp.broadcast_to(a[:, None, :], d.shape), j, -1)[..., 0]  # (O, L)
   found = jnp.any(match, -1)
   p0, p1 = prev.objects, state.objects
-  nx = jnp.where(found, roads.dir_x[nearest], jnp.cos(p0.yaw)[:, None])
-  ny = jnp.where(found, roads.dir_y[nearest], jnp.sin(p0.yaw)[:, None])
+  nx = jnp.where(found, at_j(cache.dir_x), jnp.cos(p0.yaw)[:, None])
+  ny = jnp.where(found, at_j(cache.dir_y), jnp.sin(p0.yaw)[:, None])
   rx0, ry0 = p0.x[:, None] - lights.stop_x[None], p0.y[:, None] - lights.stop_y[None]  # (O, L)
   rx1, ry1 = p1.x[:, None] - lights.stop_x[None], p1.y[:, None] - lights.stop_y[None]
   s0, s1 = rx0 * nx + ry0 * ny, rx1 * nx + ry1 * ny  # signed distance past the stop line
@@ -162,21 +166,21 @@ def _red_light_run(prev: SimState, state: SimState, cfg: MetricsConfig):
   return jnp.any(crossed & red[None, :], 1) & ~jnp.any(crossed & ~red[None, :], 1)
 
 
-def _stop_sign_violation(prev: SimState, state: SimState, speed, cfg: MetricsConfig):
+def _stop_sign_violation(prev: SimState, state: SimState, speed, cfg: MetricsConfig,
+                         cache: geometry.CandidateCache):
   """(O,) bool: passed a stop sign too fast to have stopped just before it."""
-  roads = state.scenario.roads
   k0 = geometry.edge_slots(state.road_candidates.shape[1])
-  cand = state.road_candidates[:, k0:k0 + geometry.NUM_STOP]
-  c = jnp.maximum(cand, 0)
-  ok = (cand >= 0) & roads.valid[c] & (roads.map_type[c] == types.MAP_STOP_SIGN)
+  cols = slice(k0, k0 + geometry.NUM_STOP)
+  sx, sy = cache.x[:, cols], cache.y[:, cols]
+  ok = cache.ok[:, cols] & (cache.map_type[:, cols] == types.MAP_STOP_SIGN)
   p0, p1 = prev.objects, state.objects
   mx, my = p1.x - p0.x, p1.y - p0.y
   moved = jnp.hypot(mx, my)
   hx = jnp.where(moved > 1e-3, mx / jnp.maximum(moved, 1e-3), jnp.cos(p0.yaw))[:, None]
   hy = jnp.where(moved > 1e-3, my / jnp.maximum(moved, 1e-3), jnp.sin(p0.yaw))[:, None]
-  ahead0 = (roads.x[c] - p0.x[:, None]) * hx + (roads.y[c] - p0.y[:, None]) * hy
-  ahead1 = (roads.x[c] - p1.x[:, None]) * hx + (roads.y[c] - p1.y[:, None]) * hy
-  lateral = jnp.abs(hx * (roads.y[c] - p1.y[:, None]) - hy * (roads.x[c] - p1.x[:, None]))
+  ahead0 = (sx - p0.x[:, None]) * hx + (sy - p0.y[:, None]) * hy
+  ahead1 = (sx - p1.x[:, None]) * hx + (sy - p1.y[:, None]) * hy
+  lateral = jnp.abs(hx * (sy - p1.y[:, None]) - hy * (sx - p1.x[:, None]))
   passed = ok & (ahead0 > 0.0) & (ahead1 <= 0.0) & (lateral <= cfg.stop_sign_radius_m)
   bound = (cfg.stop_speed_mps**2 + 2.0 * cfg.stop_accel_mps2 * cfg.stop_window_m) ** 0.5
   slowest = jnp.minimum(speed, jnp.hypot(p0.vel_x, p0.vel_y))
@@ -185,22 +189,30 @@ def _stop_sign_violation(prev: SimState, state: SimState, speed, cfg: MetricsCon
 
 def step_metrics(prev: SimState, state: SimState, cfg: MetricsConfig = MetricsConfig()) -> StepMetrics:
   """Metrics of every object for the transition prev -> state."""
+  return step_metrics_shared(prev, state, cfg)[0]
+
+
+def step_metrics_shared(prev: SimState, state: SimState, cfg: MetricsConfig = MetricsConfig(), gap=None):
+  """(StepMetrics, nearest (O,) int32): the metrics, plus each object's nearest logged step (the segment start of
+  its projection on its own logged path), which observations reuse for the route. gap: the (O, O) separating-axis
+  gaps of state's boxes when the caller computed them (shared with observations), else computed here."""
   chex.assert_equal_shape([prev.objects.x, state.objects.x])
   o, log = state.objects, state.scenario.objects
-  overlap, box_d = _boxes(state, cfg)
-  offroad, edge_d = _offroad(state, cfg)
-  route_d, progress, _ = geometry.project_on_log_path(log, o.x, o.y)
+  cache = road_cache(state)
+  overlap, box_d = _boxes(state, cfg, gap)
+  offroad, edge_d = _offroad(state, cfg, cache)
+  route_d, progress, nearest = geometry.project_on_log_path(log, o.x, o.y)
   goal_d = jnp.hypot(o.x - log.goal_x, o.y - log.goal_y)
   speed, accel, jerk, lat = _kinematics(prev, state, cfg)
-  red = _red_light_run(prev, state, cfg)
-  stop = _stop_sign_violation(prev, state, speed, cfg)
+  red = _red_light_run(prev, state, cfg, cache)
+  stop = _stop_sign_violation(prev, state, speed, cfg, cache)
   v = o.valid
   return StepMetrics(
       valid=v, overlap=overlap, min_box_distance_m=box_d, offroad=offroad, road_edge_distance_m=edge_d,
       offroute=v & (route_d > cfg.offroute_distance_m), route_distance_m=route_d,
       goal_reached=v & (goal_d <= cfg.goal_radius_m), progress_m=jnp.where(v, progress, 0.0),
       red_light_run=red & v & prev.objects.valid, stop_line_violation=stop & v & prev.objects.valid,
-      speed_mps=speed, accel_mps2=accel, jerk_mps3=jerk, lat_accel_mps2=lat)
+      speed_mps=speed, accel_mps2=accel, jerk_mps3=jerk, lat_accel_mps2=lat), nearest
 
 
-__all__ = ["MetricsConfig", "StepMetrics", "step_metrics"]
+__all__ = ["MetricsConfig", "StepMetrics", "step_metrics", "step_metrics_shared"]

@@ -1,6 +1,10 @@
-"""Ego-frame, normalised observations of every object (one scene; vmap for a batch).
+"""Ego-frame, normalised observations (one scene; vmap for a batch).
 
-Per object (O, ...), all positions and directions rotated into the object's own frame (x forward, y left):
+`observe` observes every object (O, ...); `observe_rows` only the egos listed (M, ...); `observe_controlled` (what
+the env returns) computes the controlled objects' rows alone (at most max_controlled) and spreads them into (O, ...)
+with zero rows for every other object, so its cost grows with max_controlled, not with the scene's object count.
+
+Per ego (O, ... or M, ...), all positions and directions rotated into the object's own frame (x forward, y left):
   ego (O, EGO_FEATURES): speed, length, width, goal x, goal y, cos and sin of the bearing to the goal, last
     acceleration and steering.
   agents (O, num_agents, AGENT_FEATURES) + agents_mask: the nearest other valid objects by centre distance within
@@ -112,30 +116,51 @@ def _pos(v, cfg: ObsConfig):
   return jnp.clip(v / cfg.position_scale_m, -CLIP, CLIP)
 
 
-def _ego(state: SimState, cos, sin, cfg: ObsConfig):
-  o, log = state.objects, state.scenario.objects
-  gx, gy = _to_ego(log.goal_x - o.x, log.goal_y - o.y, cos, sin)
+@flax.struct.dataclass
+class _Egos:
+  """The observing objects (M,): their indices and pose, gathered once for every feature group."""
+
+  rows: Any
+  x: Any
+  y: Any
+  cos: Any
+  sin: Any
+
+
+def _egos(state: SimState, rows) -> _Egos:
+  o = state.objects
+  yaw = o.yaw[rows]
+  return _Egos(rows=rows, x=o.x[rows], y=o.y[rows], cos=jnp.cos(yaw), sin=jnp.sin(yaw))
+
+
+def _ego(state: SimState, e: _Egos, cfg: ObsConfig):
+  o, log, r = state.objects, state.scenario.objects, e.rows
+  gx, gy = _to_ego(log.goal_x[r] - e.x, log.goal_y[r] - e.y, e.cos, e.sin)
   bearing = jnp.arctan2(gy, gx)
-  speed = jnp.hypot(o.vel_x, o.vel_y)
-  return jnp.stack([speed / cfg.speed_scale_mps, log.length / cfg.size_scale_m, log.width / cfg.size_scale_m,
+  speed = jnp.hypot(o.vel_x[r], o.vel_y[r])
+  return jnp.stack([speed / cfg.speed_scale_mps, log.length[r] / cfg.size_scale_m, log.width[r] / cfg.size_scale_m,
                     _pos(gx, cfg), _pos(gy, cfg), jnp.cos(bearing), jnp.sin(bearing),
-                    o.accel_mps2 / cfg.accel_scale_mps2, o.steer_rad / cfg.steer_scale_rad], -1)
+                    o.accel_mps2[r] / cfg.accel_scale_mps2, o.steer_rad[r] / cfg.steer_scale_rad], -1)
 
 
-def _agents(state: SimState, cos, sin, cfg: ObsConfig):
-  o, log = state.objects, state.scenario.objects
+def _agents(state: SimState, e: _Egos, cfg: ObsConfig, gap=None):
+  """Nearest other objects of each ego (M, num_agents, AGENT_FEATURES); gap: the (M, O) separating-axis gaps of
+  the egos' boxes to every box, when the caller already has them (the env shares them with the metrics)."""
+  o, log, r = state.objects, state.scenario.objects, e.rows
   n = o.x.shape[0]
   k = min(cfg.num_agents, n)
-  d = jnp.hypot(o.x[None, :] - o.x[:, None], o.y[None, :] - o.y[:, None])
-  ok = o.valid[:, None] & o.valid[None, :] & ~jnp.eye(n, dtype=bool) & (d <= cfg.max_agent_distance_m)
-  nb, mask = geometry.smallest_k(jnp.where(ok, d, jnp.inf), k)  # (O, k)
-  c, s = cos[:, None], sin[:, None]
-  rx, ry = _to_ego(o.x[nb] - o.x[:, None], o.y[nb] - o.y[:, None], c, s)
-  vx, vy = _to_ego(o.vel_x[nb] - o.vel_x[:, None], o.vel_y[nb] - o.vel_y[:, None], c, s)
-  dyaw = o.yaw[nb] - o.yaw[:, None]
-  gap = geometry.pairwise_sat_gap(o.x, o.y, o.yaw, log.length, log.width)
-  corners = geometry.box_corners(o.x, o.y, o.yaw, log.length, log.width)
-  box_d = geometry.box_distance(corners[:, None], corners[nb], jnp.take_along_axis(gap, nb, 1) < 0.0)
+  d = jnp.hypot(o.x[None, :] - e.x[:, None], o.y[None, :] - e.y[:, None])  # (M, O)
+  ok = o.valid[r][:, None] & o.valid[None, :] & (jnp.arange(n) != r[:, None]) & (d <= cfg.max_agent_distance_m)
+  nb, mask = geometry.smallest_k(jnp.where(ok, d, jnp.inf), k)  # (M, k)
+  c, s = e.cos[:, None], e.sin[:, None]
+  rx, ry = _to_ego(o.x[nb] - e.x[:, None], o.y[nb] - e.y[:, None], c, s)
+  vx, vy = _to_ego(o.vel_x[nb] - o.vel_x[r][:, None], o.vel_y[nb] - o.vel_y[r][:, None], c, s)
+  dyaw = o.yaw[nb] - o.yaw[r][:, None]
+  boxes = (o.x, o.y, o.yaw, log.length, log.width)
+  if gap is None:
+    gap = geometry.sat_gap(tuple(b[r] for b in boxes), boxes)
+  corners = geometry.box_corners(*boxes)
+  box_d = geometry.box_distance(corners[r][:, None], corners[nb], jnp.take_along_axis(gap, nb, 1) < 0.0)
   kind = jax.nn.one_hot(log.object_type[nb] - 1, 4)  # types 1..4 -> columns 0..3; padding (0) -> all zero
   feats = jnp.concatenate([jnp.stack([_pos(rx, cfg), _pos(ry, cfg), jnp.cos(dyaw), jnp.sin(dyaw),
                                       vx / cfg.speed_scale_mps, vy / cfg.speed_scale_mps,
@@ -172,44 +197,50 @@ def _road_slots(num_candidates: int, k: int):
           + list(range(k_edge + geometry.NUM_STOP, k_edge + geometry.NUM_STOP + n_other)))
 
 
-def _roads(state: SimState, cos, sin, cfg: ObsConfig):
-  o, roads = state.objects, state.scenario.roads
-  cols = _road_slots(state.road_candidates.shape[1], cfg.num_road_points)
-  cand = state.road_candidates[:, jnp.asarray(cols, jnp.int32)]
-  idx = jnp.maximum(cand, 0)
-  d = jnp.hypot(roads.x[idx] - o.x[:, None], roads.y[idx] - o.y[:, None])
-  mask = (cand >= 0) & roads.valid[idx] & (d <= cfg.max_road_distance_m)
-  cs, sn = cos[:, None], sin[:, None]
-  rx, ry = _to_ego(roads.x[idx] - o.x[:, None], roads.y[idx] - o.y[:, None], cs, sn)
-  dx, dy = _to_ego(roads.dir_x[idx], roads.dir_y[idx], cs, sn)
-  feats = jnp.concatenate([jnp.stack([_pos(rx, cfg), _pos(ry, cfg), dx, dy], -1), _road_class(roads.map_type[idx])],
+def _roads(state: SimState, e: _Egos, cfg: ObsConfig):
+  cand = state.road_candidates
+  cols = jnp.asarray(_road_slots(cand.shape[1], cfg.num_road_points), jnp.int32)
+  if state.road_cache is None:  # hand-built state: gather from the map
+    cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cand.shape[1]))
+  else:
+    cache = state.road_cache
+  take = lambda a: a[e.rows][:, cols]
+  ox, oy = take(cache.x) - e.x[:, None], take(cache.y) - e.y[:, None]
+  mask = take(cache.ok) & (jnp.hypot(ox, oy) <= cfg.max_road_distance_m)
+  cs, sn = e.cos[:, None], e.sin[:, None]
+  rx, ry = _to_ego(ox, oy, cs, sn)
+  dx, dy = _to_ego(take(cache.dir_x), take(cache.dir_y), cs, sn)
+  feats = jnp.concatenate([jnp.stack([_pos(rx, cfg), _pos(ry, cfg), dx, dy], -1), _road_class(take(cache.map_type))],
                           -1)
   feats = jnp.where(mask[..., None], feats, 0.0)
-  k = len(cols)
+  k = cols.shape[0]
   if k < cfg.num_road_points:
     feats = jnp.pad(feats, ((0, 0), (0, cfg.num_road_points - k), (0, 0)))
     mask = jnp.pad(mask, ((0, 0), (0, cfg.num_road_points - k)))
   return feats, mask
 
 
-def _route(state: SimState, cos, sin, cfg: ObsConfig):
-  o, log = state.objects, state.scenario.objects
+def _route(state: SimState, e: _Egos, cfg: ObsConfig, nearest=None):
+  """Logged-route points ahead (M, num_route_points, 2); nearest: the egos' nearest logged step (M,) when the
+  caller already projected them on their paths (the env shares it with the metrics)."""
+  log = jax.tree.map(lambda a: a[e.rows], state.scenario.objects)
   T = log.x.shape[1]
-  _, _, nearest = geometry.project_on_log_path(log, o.x, o.y)
+  if nearest is None:
+    _, _, nearest = geometry.project_on_log_path(log, e.x, e.y)
   steps = jnp.minimum(nearest[:, None] + cfg.route_stride * jnp.arange(1, cfg.num_route_points + 1), T - 1)
   take = lambda a: jnp.take_along_axis(a, steps, 1)
   mask = take(log.valid) & (nearest[:, None] + cfg.route_stride * jnp.arange(1, cfg.num_route_points + 1) < T)
   px = jnp.where(mask, take(log.x), log.goal_x[:, None])
   py = jnp.where(mask, take(log.y), log.goal_y[:, None])
-  rx, ry = _to_ego(px - o.x[:, None], py - o.y[:, None], cos[:, None], sin[:, None])
+  rx, ry = _to_ego(px - e.x[:, None], py - e.y[:, None], e.cos[:, None], e.sin[:, None])
   return jnp.stack([_pos(rx, cfg), _pos(ry, cfg)], -1), mask
 
 
-def _light(state: SimState, cos, sin, cfg: ObsConfig):
-  o, lights = state.objects, state.scenario.lights
+def _light(state: SimState, e: _Egos, cfg: ObsConfig):
+  lights = state.scenario.lights
   live = lights.valid[:, state.t]  # (L,)
-  rx, ry = _to_ego(lights.stop_x[None, :] - o.x[:, None], lights.stop_y[None, :] - o.y[:, None], cos[:, None],
-                   sin[:, None])
+  rx, ry = _to_ego(lights.stop_x[None, :] - e.x[:, None], lights.stop_y[None, :] - e.y[:, None], e.cos[:, None],
+                   e.sin[:, None])
   d = jnp.hypot(rx, ry)
   ok = live[None, :] & (rx > 0.0) & (d <= cfg.max_light_distance_m)
   j = geometry.argmin_last(jnp.where(ok, d, jnp.inf))[:, None]
@@ -222,22 +253,62 @@ def _light(state: SimState, cos, sin, cfg: ObsConfig):
   return jnp.where(present[:, None], feats.astype(jnp.float32), 0.0)
 
 
-def observe(state: SimState, cfg: ObsConfig = ObsConfig()) -> Observation:
-  """Observation of every object in `state` (O, ...); see the module docstring."""
-  o, T = state.objects, state.scenario.objects.x.shape[1]
-  cos, sin = jnp.cos(o.yaw), jnp.sin(o.yaw)
-  agents, agents_mask = _agents(state, cos, sin, cfg)
-  roads, roads_mask = _roads(state, cos, sin, cfg)
-  route, route_mask = _route(state, cos, sin, cfg)
-  v = o.valid
-  remaining = (T - 1 - state.t).astype(jnp.float32) / (T - 1) * jnp.ones_like(o.x)
+def observe_rows(state: SimState, rows, cfg: ObsConfig = ObsConfig(), gap=None, nearest=None) -> Observation:
+  """Observation (M, ...) of the objects `rows` (M,) int32 only; gap (M, O) and nearest (M,) optional shared
+  quantities (see _agents, _route). Cost grows with M, not with the scene's object count."""
+  e = _egos(state, rows)
+  T = state.scenario.objects.x.shape[1]
+  agents, agents_mask = _agents(state, e, cfg, gap)
+  roads, roads_mask = _roads(state, e, cfg)
+  route, route_mask = _route(state, e, cfg, nearest)
+  v = state.objects.valid[rows]
+  remaining = (T - 1 - state.t).astype(jnp.float32) / (T - 1) * jnp.ones_like(e.x)
   zero = lambda a: jnp.where(v.reshape(v.shape + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)).astype(
       a.dtype if a.dtype == jnp.bool_ else jnp.float32)
   return Observation(
-      ego=zero(_ego(state, cos, sin, cfg)), agents=zero(agents), agents_mask=zero(agents_mask), roads=zero(roads),
+      ego=zero(_ego(state, e, cfg)), agents=zero(agents), agents_mask=zero(agents_mask), roads=zero(roads),
       roads_mask=zero(roads_mask), route=zero(route), route_mask=zero(route_mask),
-      light=zero(_light(state, cos, sin, cfg)), remaining_time=remaining[:, None])
+      light=zero(_light(state, e, cfg)), remaining_time=remaining[:, None])
 
 
-__all__ = ["ObsConfig", "Observation", "observe", "observation_size", "flatten", "EGO_FEATURES", "AGENT_FEATURES",
-           "ROAD_FEATURES", "LIGHT_FEATURES", "ROAD_CLASSES"]
+def observe(state: SimState, cfg: ObsConfig = ObsConfig()) -> Observation:
+  """Observation of every object in `state` (O, ...); see the module docstring."""
+  return observe_rows(state, jnp.arange(state.objects.x.shape[0]), cfg)
+
+
+def controlled_rows(controlled, size: int):
+  """(rows (M,) int32, slot (O,) int32, slot_ok (O,) bool) for M = min(size, O): rows lists the controlled objects
+  in index order (padded with 0), slot maps each object to its row (only where slot_ok: controlled and among the
+  first M)."""
+  n = controlled.shape[0]
+  m = min(size, n)
+  slot = jnp.cumsum(controlled.astype(jnp.int32)) - 1
+  slot_ok = controlled & (slot < m)
+  # rows[j] = the object whose slot is j: an (M, O) match summed (no scatter; O and M are small).
+  hit = slot_ok[None, :] & (slot[None, :] == jnp.arange(m)[:, None])
+  rows = jnp.sum(jnp.where(hit, jnp.arange(n)[None, :], 0), 1).astype(jnp.int32)
+  return rows, jnp.where(slot_ok, slot, 0).astype(jnp.int32), slot_ok
+
+
+def observe_controlled(state: SimState, max_controlled: int, cfg: ObsConfig = ObsConfig(), gap=None,
+                       nearest=None) -> Observation:
+  """Observation (O, ...) with the rows of the controlled objects (at most max_controlled, the first in index
+  order) filled and every other row zero, at the cost of M = max_controlled egos instead of O. gap (O, O) and
+  nearest (O,) are optional shared quantities for all objects (the env computes them for the metrics anyway).
+  remaining_time is filled for every object, as in `observe`."""
+  rows, slot, slot_ok = controlled_rows(state.controlled, max_controlled)
+  obs = observe_rows(state, rows, cfg, None if gap is None else gap[rows],
+                     None if nearest is None else nearest[rows])
+  T = state.scenario.objects.x.shape[1]
+  remaining = (T - 1 - state.t).astype(jnp.float32) / (T - 1) * jnp.ones_like(state.objects.x)
+
+  def spread(a):  # (M, ...) -> (O, ...): gather each object's row, zero where it has none
+    got = a[slot]
+    return jnp.where(slot_ok.reshape(slot_ok.shape + (1,) * (a.ndim - 1)), got, jnp.zeros_like(got))
+
+  return jax.tree.map(spread, obs).replace(remaining_time=remaining[:, None])
+
+
+__all__ = ["ObsConfig", "Observation", "observe", "observe_rows", "observe_controlled", "controlled_rows",
+           "observation_size", "flatten", "EGO_FEATURES", "AGENT_FEATURES", "ROAD_FEATURES", "LIGHT_FEATURES",
+           "ROAD_CLASSES"]

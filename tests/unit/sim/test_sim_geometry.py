@@ -160,3 +160,61 @@ def test_offroad_sign_matches_brute_force_on_a_real_map(real_scene):
     # Off-road decisions agree for every valid object; distances agree to the point spacing (segment vs point).
     np.testing.assert_array_equal((ours.max(1) > 0)[v], (ref.max(1) > 0)[v])
     assert np.abs(ours - ref)[v].max() < 0.26
+
+
+def _sat_gap_by_projection(x, y, yaw, length, width):
+  """Reference SAT gap (O, O) in numpy: project both boxes' corners on the 4 edge normals (float64)."""
+  c = np.stack([np.asarray(geometry.box_corners(*[jnp.float32(v[i]) for v in (x, y, yaw, length, width)]),
+                           np.float64) for i in range(len(x))])
+  gap = np.full((len(x), len(x)), -np.inf)
+  for i in range(len(x)):
+    for j in range(len(x)):
+      for k in (i, j):
+        for ax in (np.array([np.cos(yaw[k]), np.sin(yaw[k])]), np.array([-np.sin(yaw[k]), np.cos(yaw[k])])):
+          pi, pj = c[i] @ ax, c[j] @ ax
+          gap[i, j] = max(gap[i, j], max(pi.min() - pj.max(), pj.min() - pi.max()))
+  return gap
+
+
+def test_closed_form_sat_gap_matches_corner_projection():
+  rng = np.random.default_rng(0)
+  n = 12
+  boxes = [rng.uniform(-5, 5, n), rng.uniform(-5, 5, n), rng.uniform(-np.pi, np.pi, n), rng.uniform(0.5, 6, n),
+           rng.uniform(0.5, 3, n)]
+  ref = _sat_gap_by_projection(*boxes)
+  got = np.asarray(geometry.pairwise_sat_gap(*[jnp.asarray(b, jnp.float32) for b in boxes]), np.float64)
+  off = ~np.eye(n, dtype=bool)
+  np.testing.assert_allclose(got[off], ref[off], atol=1e-4)
+  assert ((got < 0) == (ref < 0))[off].all() and (ref[off] < 0).sum() >= 4  # some overlap, some not
+  np.testing.assert_array_equal(got, got.T)  # symmetric by construction
+  # Rows of a subset against all boxes equal the same rows of the full matrix.
+  rows = np.array([3, 7])
+  sub = geometry.sat_gap(tuple(jnp.asarray(b[rows], jnp.float32) for b in boxes),
+                         tuple(jnp.asarray(b, jnp.float32) for b in boxes))
+  np.testing.assert_array_equal(np.asarray(sub), got[rows])
+
+
+def test_road_index_search_matches_brute_force_for_every_group(real_scene):
+  sc, _ = real_scene
+  o, roads = sc.objects, sc.roads
+  index = jax.jit(geometry.build_road_index)(roads)
+  p = roads.x.shape[0]
+  is_edge = jnp.isin(roads.map_type, geometry.EDGE_IDS) & roads.valid
+  groups = {"edge": (0, 44, is_edge & (jnp.arange(p) % geometry.EDGE_STRIDE == 0)),
+            "stop": (44, 46, (roads.map_type == types.MAP_STOP_SIGN) & roads.valid),
+            "other": (46, 64, roads.valid & ~is_edge & (roads.map_type != types.MAP_STOP_SIGN))}
+  rx, ry = np.asarray(roads.x), np.asarray(roads.y)
+  search = jax.jit(lambda x, y: geometry.nearest_road_points(roads, x, y, 64, index=index))
+  for t in (10, 60):
+    x, y, v = o.x[:, t], o.y[:, t], np.asarray(o.valid[:, t])
+    fast = np.asarray(search(x, y))
+    assert (np.asarray(index.perm)[:p].min() == 0) and len(set(np.asarray(index.perm)[:p])) == p  # a permutation
+    for name, (a, b, mask) in groups.items():
+      ref = np.asarray(geometry.brute_force_nearest(roads.replace(valid=mask), x, y, b - a))
+      d = lambda idx: np.where(idx >= 0, np.hypot(rx[idx] - np.asarray(x)[:, None], ry[idx] - np.asarray(y)[:, None]),
+                               np.inf)
+      # Nearest first, and the same distances as brute force (ties between equidistant points may swap indices).
+      got = d(fast[:, a:b])[v]
+      assert (np.diff(np.where(np.isfinite(got), got, 1e9), axis=1) >= -1e-6).all(), name
+      np.testing.assert_allclose(got, d(ref)[v], atol=1e-4, err_msg=name)
+      np.testing.assert_array_equal(fast[:, a:b][v] >= 0, ref[v] >= 0)

@@ -149,6 +149,19 @@ def test_goal_progress_offroute_and_kinematics(scene):
   assert float(m.speed_mps[0]) == pytest.approx(10.0) and float(m.lat_accel_mps2[0]) == pytest.approx(10.0, rel=1e-4)
 
 
+def test_refreshed_candidate_cache_gives_the_same_metrics(scene):
+  # The env gathers the candidates' attributes once per refresh (state.road_cache); metrics read them from there
+  # instead of the map. Red light (t=2, red), road edge and stop sign all read the cache on this transition.
+  kw = (dict(x=11.0, y=-0.5, vel_x=3.0), dict(x=12.5, y=-2.5, vel_x=4.0, o1_x=14.0, o1_y=-1.0))
+  prev = sim_state(scene, 1, objects_at(scene, 1, **kw[0]))
+  cur = sim_state(scene, 2, objects_at(scene, 2, **kw[1]))
+  cached = cur.replace(road_cache=geometry.candidate_cache(scene.roads, cur.road_candidates, geometry.edge_slots(K)))
+  a, b = _jit_metrics(metrics.MetricsConfig(), prev, cur), _jit_metrics(metrics.MetricsConfig(), prev, cached)
+  for name, va in vars(a).items():
+    np.testing.assert_array_equal(np.asarray(va), np.asarray(getattr(b, name)), err_msg=name)
+  assert bool(a.red_light_run[0]) and bool(a.offroad[0])  # the cache is really exercised
+
+
 @pytest.mark.slow  # eager dispatch of every op: slow to compile op by op on 2 cores
 def test_jit_and_eager_agree(scene):
   kw = (dict(x=11.0, vel_x=3.0), dict(x=12.5, y=-2.5, vel_x=4.0, o1_x=14.0, o1_y=-1.0))

@@ -105,3 +105,22 @@ def test_jit_and_eager_agree(obs):
   eager = observations.observe(build_state(), CFG)
   for a, b in zip(jax.tree.leaves(obs), jax.tree.leaves(eager)):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), atol=1e-6)
+
+
+def test_controlled_rows_and_spread():
+  rows, slot, ok = observations.controlled_rows(jnp.asarray([False, True, False, True, True]), 2)
+  np.testing.assert_array_equal(np.asarray(rows), [1, 3])  # the first two controlled, in index order
+  np.testing.assert_array_equal(np.asarray(ok), [False, True, False, True, False])  # the third has no row
+  np.testing.assert_array_equal(np.asarray(slot)[np.asarray(ok)], [0, 1])
+
+
+def test_observe_controlled_fills_controlled_rows_only(obs):
+  # Object 0 is controlled: its row equals the all-objects observation; object 1 (valid, not controlled) is zero.
+  ctrl = jax.jit(lambda s: observations.observe_controlled(s, 64, CFG))(build_state())
+  for name in ("ego", "agents", "agents_mask", "roads", "roads_mask", "route", "route_mask", "light"):
+    full, got = np.asarray(getattr(obs, name)), np.asarray(getattr(ctrl, name))
+    assert got.shape == full.shape, name
+    np.testing.assert_allclose(got[0], full[0], atol=1e-6, err_msg=name)
+    assert not got[1:].any() and full[1].any() if name in ("ego", "agents") else not got[1:].any(), name
+  np.testing.assert_allclose(np.asarray(ctrl.remaining_time), np.asarray(obs.remaining_time))
+  np.testing.assert_allclose(np.asarray(ctrl.ego[0]), [0.1, 0.4, 0.2, 0.28, 0.0, 1.0, 0.0, 0.5, 0.5], atol=1e-6)
