@@ -250,12 +250,21 @@ def test_bc_learns_the_expert_actions_the_loader_replayed(stack):
   assert msg.arrays["obs/flat"].shape[:2] == (80, 64) and msg.arrays["valid"].mean() > 0.1
   pn = policy_net.from_common(stack.common)
   bc = learner_algo.make(pn, "bc", learner_config.LearnerConfig(learning_rate=3e-3, num_epochs=2, num_minibatches=2))
-  state, batch, accuracy, value_loss = bc.init_state(), bc.to_batch(msg.arrays), [], []
+  valid = msg.arrays["valid"].astype(bool)
+  feat, expert = jax.numpy.asarray(msg.arrays["obs/flat"][valid]), msg.arrays["action"][valid]
+  greedy = jax.jit(lambda flat, x: pn.select_action(flat, x, jax.random.PRNGKey(0), greedy=True)[0])
+
+  def accuracy(state) -> float:  # greedy grid action == the expert's, over every valid step of the batch
+    return float(np.mean(np.asarray(greedy(policy_net.to_flat(state.params), feat)) == expert))
+
+  state, batch, value_loss = bc.init_state(), bc.to_batch(msg.arrays), []
+  before = accuracy(state)
   for _ in range(10):
     state, metrics = bc.update(state, batch)
-    accuracy.append(float(metrics["accuracy"]))
     value_loss.append(float(metrics["value_loss"]))
-  # Measured: accuracy 0.15-0.17 at the first update, 0.31-0.32 after 6-20 (both heads must match the expert's
-  # grid action exactly: 1 of 91).
-  assert accuracy[-1] > accuracy[0] + 0.1 and accuracy[-1] > 0.25, accuracy
+  after = accuracy(state)
+  # Both heads must match the expert's grid action exactly (1 of 91). Measured: 0.000 for version 0, 0.369 after
+  # 10 updates, which is about the share of the most common expert action in the batch (0.362): a few updates
+  # learn the dominant action, the learning tests in tests/unit/algos go further.
+  assert after > before + 0.15 and after > 0.25, (before, after)
   assert value_loss[-1] < value_loss[0], value_loss
