@@ -66,6 +66,7 @@ class Learner:
     self.ckpt_dir = checkpoint_dir(rt.common.run_dir, self.algo_name)
     self.state = self.algo.init_state()
     self.version, self.samples, self.seq, self._last_publish = 0, 0, 0, 0.0
+    self.published: dict | None = None  # the flat params last published (host numpy)
     self._metrics()
     if cfg.resume:
       self._resume()
@@ -109,7 +110,9 @@ class Learner:
   def _publish(self) -> None:
     self._last_publish = time.monotonic()
     self.seq += 1
-    msg = schemas.make("Params", self.rt.producer_id, self.seq, self.rt.epoch, arrays=self.params_flat(),
+    # A host copy the next (donating) update cannot delete: other threads (tests, tools) read this, never state.
+    self.published = self.params_flat()
+    msg = schemas.make("Params", self.rt.producer_id, self.seq, self.rt.epoch, arrays=self.published,
                        params_version=self.version, learner_step=int(algo_lib.host(self.state.step)),
                        algo=self.algo_name)
     self.links.params.publish(msg)

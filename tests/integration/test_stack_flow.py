@@ -131,7 +131,7 @@ def test_data_flows_and_params_versions_reach_simulators(stack):
   pn = policy_net.from_common(stack.common)
   v0 = pn.init_flat()
   changed = lambda flat: pn.matches(flat) and max(float(np.abs(flat[k] - v0[k]).max()) for k in v0) > 1e-4
-  assert changed(learner.params_flat()) and changed(sim0.params)
+  assert changed(learner.published) and changed(sim0.params)  # `published`: the learner thread owns its state
   wait_for(lambda: stack.svcs["inference"].params_version >= 1 and changed(stack.svcs["inference"].params), 30,
            "trained params at inference")
   # ... and so does the policy: the same observations get other action probabilities than under version 0.
