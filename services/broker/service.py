@@ -154,8 +154,7 @@ def bootstrap(cfg: config_lib.BrokerConfig, rt: runtime.Runtime) -> Broker:
       transport.curve_server(sock, server)
     sock.bind(runtime.endpoint(c, link, bind=True))
   links = Links(
-      scenes_in=flow.CreditConsumer(rt.ctx, runtime.endpoint(c, "scenes_in", bind=True), bind=True,
-                                    window=cfg.scene_window, metrics=m, curve=server),
+      scenes_in=runtime.credit_consumer(rt, "scenes_in", window=cfg.scene_window, bind=True, curve=server),
       scenes=flow.CreditProducer(rt.ctx, runtime.endpoint(c, "scenes", bind=True), bind=True,
                                  producer_id=rt.producer_id, epoch=rt.epoch, metrics=m, curve=server),
       act_front=front, act_back=back)

@@ -13,11 +13,9 @@ Results (command line, git commit, machine, UTC time) go to --out (default bench
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -28,15 +26,12 @@ from services.cli import provenance
 
 
 
-def _machine() -> dict:
-  model = ""
+def _cpu_model() -> str:
   try:
     with open("/proc/cpuinfo") as f:
-      model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
   except OSError:
-    pass
-  return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu_model": model,
-          "python": sys.version.split()[0]}
+    return ""
 
 
 def _agent_steps(port: int) -> float:
@@ -134,7 +129,7 @@ def run_in_process(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
   result = {"benchmark": "stack", "command": " ".join(["drivelab"] + sys.argv[1:]),
             "git_commit": provenance.git_commit(),
-            "machine": _machine(), "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": provenance.machine(cpu_model=_cpu_model()), "utc": provenance.utc_now(),
             "scenes": args.scenes}
   with tempfile.TemporaryDirectory(prefix="bench-stack-") as run_dir:
     result["stack"] = dict(run_stack(args, run_dir), load_avg_1m_after=os.getloadavg()[0])

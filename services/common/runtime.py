@@ -30,7 +30,7 @@ import prometheus_client
 import zmq
 
 from shared.telemetry import metrics as tm
-from shared.wire import registry, transport
+from shared.wire import flow, registry, transport
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,12 @@ def take_params(watcher: ParamsWatcher, metrics) -> tuple[dict, int] | None:
   version = int(msg.fields["params_version"])
   metrics.params_version.set(version)
   return {k: np.asarray(v) for k, v in msg.arrays.items()}, version
+
+
+def credit_consumer(rt: "Runtime", link: str, window: int, bind: bool = False, curve=None) -> flow.CreditConsumer:
+  """The consuming end of a credit-flow link (`shared.wire.flow`), bound or connected per the registry."""
+  return flow.CreditConsumer(rt.ctx, endpoint(rt.common, link, bind=bind), bind=bind, window=window,
+                             metrics=rt.metrics, curve=curve)
 
 
 def watch_params(rt: "Runtime", curve=None) -> ParamsWatcher:

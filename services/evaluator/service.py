@@ -123,8 +123,7 @@ def bootstrap(cfg: config_lib.EvaluatorConfig, rt: runtime.Runtime, engine=None)
   client = rt.curve(bind=False)  # CURVE keys, or None when curve_dir is unset
   c, m = rt.common, rt.metrics
   links = Links(
-      scenes=flow.CreditConsumer(rt.ctx, runtime.endpoint(c, "scenes"), bind=False, window=1, metrics=m,
-                                 curve=client),
+      scenes=runtime.credit_consumer(rt, "scenes", window=1, curve=client),
       params=runtime.watch_params(rt, curve=client),
       reports=flow.CreditProducer(rt.ctx, runtime.endpoint(c, "eval"), bind=False, producer_id=rt.producer_id,
                                   epoch=rt.epoch, metrics=m, curve=client))

@@ -36,7 +36,7 @@ from services.learner import algo as algo_lib
 from services.learner import checkpoint
 from services.learner import config as config_lib
 from shared.algos import distributed
-from shared.wire import codec, flow, schemas, transport
+from shared.wire import codec, schemas, transport
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +181,9 @@ def bootstrap(cfg: config_lib.LearnerConfig, rt: runtime.Runtime) -> Learner:
   server = rt.curve(bind=True)  # CURVE keys, or None when curve_dir is unset
   c, m = rt.common, rt.metrics
   links = Links(
-      samples=flow.CreditConsumer(rt.ctx, runtime.endpoint(c, "replay_samples", bind=True), bind=True,
-                                  window=cfg.window, metrics=m, curve=server),
+      samples=runtime.credit_consumer(rt, "replay_samples", window=cfg.window, bind=True, curve=server),
       params=transport.ParamsPublisher(rt.ctx, runtime.endpoint(c, "params", bind=True), metrics=m, curve=server),
-      eval_in=flow.CreditConsumer(rt.ctx, runtime.endpoint(c, "eval", bind=True), bind=True, window=2, metrics=m,
-                                  curve=server))
+      eval_in=runtime.credit_consumer(rt, "eval", window=2, bind=True, curve=server))
   return Learner(cfg, rt, links)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from services.common import runtime
 from services.replay import config as config_lib
 from shared.replay import buffers
-from shared.wire import codec, flow, transport
+from shared.wire import codec, flow
 
 log = logging.getLogger(__name__)
 VERSION_KEY = "params_version"
@@ -195,13 +195,11 @@ def bootstrap(cfg: config_lib.ReplayConfig, rt: runtime.Runtime) -> Replay:
   client = rt.curve(bind=False)
   c, m = rt.common, rt.metrics
   links = Links(
-      trajectories=flow.CreditConsumer(rt.ctx, runtime.endpoint(c, "trajectories", bind=True), bind=True,
-                                       window=cfg.window, metrics=m, curve=server),
+      trajectories=runtime.credit_consumer(rt, "trajectories", window=cfg.window, bind=True, curve=server),
       samples=flow.CreditProducer(rt.ctx, runtime.endpoint(c, "replay_samples"), bind=False,
                                   producer_id=rt.producer_id, epoch=rt.epoch, metrics=m, curve=client),
       params=runtime.watch_params(rt, curve=client),
-      expert=flow.CreditConsumer(rt.ctx, runtime.endpoint(c, "expert", bind=True), bind=True, window=2, metrics=m,
-                                 curve=server))
+      expert=runtime.credit_consumer(rt, "expert", window=2, bind=True, curve=server))
   return Replay(cfg, rt, links)
 
 

@@ -164,8 +164,7 @@ def bootstrap(cfg: config_lib.SimulatorConfig, rt: runtime.Runtime, engine=None)
   client = rt.curve(bind=False)  # CURVE keys, or None when curve_dir is unset
   c, m = rt.common, rt.metrics
   links = Links(
-      scenes=flow.CreditConsumer(rt.ctx, runtime.endpoint(c, "scenes"), bind=False, window=cfg.scene_window,
-                                 metrics=m, curve=client),
+      scenes=runtime.credit_consumer(rt, "scenes", window=cfg.scene_window, curve=client),
       trajectories=flow.CreditProducer(rt.ctx, runtime.endpoint(c, "trajectories"), bind=False,
                                        producer_id=rt.producer_id, epoch=rt.epoch, metrics=m, curve=client),
       params=runtime.watch_params(rt, curve=client),
