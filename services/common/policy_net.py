@@ -82,6 +82,7 @@ class PolicyNet:
     self.agent = agent_lib.make_agent(net_config(net, preset), grid_cfg)
     self.layout = observation_layout(obs_cfg, num_road_candidates)
     self._init: dict[str, np.ndarray] | None = None
+    self._init_device: dict[str, jax.Array] | None = None
 
   @property
   def num_features(self) -> int:
@@ -110,6 +111,16 @@ class PolicyNet:
     """True when `flat` (e.g. a received Params message) has exactly this network's keys and shapes."""
     ref = self.init_flat()
     return set(flat) == set(ref) and all(np.shape(flat[k]) == ref[k].shape for k in ref)
+
+  def acting_params(self, flat: dict[str, Any] | None, version: int = 0) -> tuple[dict[str, jax.Array], int]:
+    """(params on the device, version) for a service to act with: `flat` (a received Params message) moved to the
+    device once, here, rather than at every forward pass; version 0 (computed once) when `flat` is None or does
+    not fit this network."""
+    if flat is not None and self.matches(flat):
+      return jax.device_put(flat), int(version)
+    if self._init_device is None:
+      self._init_device = jax.device_put(self.init_flat())
+    return self._init_device, 0
 
   def net_input(self, feat: jax.Array) -> inputs.NetInput:
     return inputs.unflatten(feat, self.layout)

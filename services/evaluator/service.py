@@ -55,8 +55,7 @@ class Evaluator:
 
   def __init__(self, cfg: config_lib.EvaluatorConfig, rt: runtime.Runtime, links: Links, engine):
     self.cfg, self.rt, self.links, self.engine = cfg, rt, links, engine
-    self.params: dict | None = None
-    self.params_version = 0
+    self.params, self.params_version = engine.policy.acting_params(None)  # version 0 until the learner's arrive
     self._last_eval = time.monotonic()
     self._last_version = 0
     self.reports = 0
@@ -64,16 +63,13 @@ class Evaluator:
   def _poll_params(self) -> None:
     got = runtime.take_params(self.links.params, self.rt.metrics)
     if got is not None:
-      self.params, self.params_version = got
+      self.params, self.params_version = self.engine.policy.acting_params(*got)
 
   def _evaluate(self) -> dict | None:
     msg = self.links.scenes.recv(0.5)
     if msg is None:
       return None
     self.engine.load(scenario_codec.arrays_to_scenario(msg.arrays))
-    if self.params is None or not self.engine.policy.matches(self.params):
-      self.params = self.engine.policy.init_flat()  # version 0, as every process computes it
-      self.params_version = 0
     with self.rt.metrics.time("evaluate"):
       return episode.summarize(self.engine.evaluate(self.params))
 

@@ -50,8 +50,7 @@ class Inference:
                policy: policy_net.PolicyNet | None = None):
     self.cfg, self.rt, self.links = cfg, rt, links
     self.policy = policy if policy is not None else policy_net.from_common(rt.common)
-    self.params: dict | None = None
-    self.params_version = 0
+    self.params, self.params_version = self.policy.acting_params(None)  # version 0 until the learner's arrive
     self.rng = jax.random.PRNGKey(cfg.seed + os.getpid())
     self.decode_errors: collections.Counter = collections.Counter()
     self.replies = 0
@@ -71,7 +70,7 @@ class Inference:
   def _poll_params(self) -> None:
     got = runtime.take_params(self.links.params, self.rt.metrics)
     if got is not None:
-      self.params, self.params_version = got
+      self.params, self.params_version = self.policy.acting_params(*got)
 
   def _receive(self) -> list[tuple[bytes, codec.Message]]:
     out = []
@@ -86,12 +85,6 @@ class Inference:
         continue
       out.append((frames[0], msg))
     return out
-
-  def _params(self) -> dict:
-    if self.params is None or not self.policy.matches(self.params):
-      self.params = self.policy.init_flat()  # version 0, as every process computes it
-      self.params_version = 0
-    return self.params
 
   def _answer(self, requests: list[tuple[bytes, codec.Message]]) -> None:
     num_features = self.policy.num_features
@@ -109,7 +102,7 @@ class Inference:
     padded = np.zeros((_pad_rows(len(rows)), rows.shape[1]), np.float32)
     padded[:len(rows)] = rows
     self.rng, key = jax.random.split(self.rng)
-    params = self._params()
+    params = self.params
     action, log_prob, value = (np.asarray(x) for x in self._select(params, jnp.asarray(padded), key,
                                                                     self.cfg.greedy))
     self.rt.metrics.batch_fill_ratio.set(len(rows) / len(padded))

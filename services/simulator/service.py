@@ -59,8 +59,7 @@ class Simulator:
 
   def __init__(self, cfg: config_lib.SimulatorConfig, rt: runtime.Runtime, links: Links, engine):
     self.cfg, self.rt, self.links, self.engine = cfg, rt, links, engine
-    self.params: dict | None = None
-    self.params_version = 0
+    self.params, self.params_version = engine.policy.acting_params(None)  # version 0 until the learner's arrive
     self.newest_version = 0
     self.loaded = False
     self.request_id = 0
@@ -71,17 +70,10 @@ class Simulator:
   def _poll_params(self) -> None:
     got = runtime.take_params(self.links.params, self.rt.metrics)
     if got is not None:
-      self.params, self.params_version = got
+      self.params, self.params_version = self.engine.policy.acting_params(*got)
+      if self.params_version != got[1]:
+        log.warning("event=params_mismatch version=%d action=version_0", got[1])
       log.debug("event=params version=%d", self.params_version)
-
-  def _current_params(self) -> dict:
-    """The newest params, or version 0 (every process computes the same) until a matching version arrives."""
-    if self.params is None or not self.engine.policy.matches(self.params):
-      if self.params is not None:
-        log.warning("event=params_mismatch version=%d action=version_0", self.params_version)
-      self.params = self.engine.policy.init_flat()
-      self.params_version = 0
-    return self.params
 
   # SCENES
   def _load_next(self) -> bool:
@@ -117,8 +109,8 @@ class Simulator:
 
   def _unroll(self) -> dict[str, np.ndarray]:
     if self.cfg.mode == "service":
-      return self._unroll_service(self._current_params())
-    return self.engine.collect(self._current_params())
+      return self._unroll_service(self.params)
+    return self.engine.collect(self.params)
 
   # TRAJECTORY
   def _send(self, rec: dict[str, np.ndarray]) -> None:
