@@ -126,7 +126,10 @@ class Replay:
 
   def _receive(self) -> None:
     if self.state is not None and not self.table.can_insert(self.state, 1):
-      return  # full: hold the credit back so the simulators wait
+      # Full: hold the credit back so the simulators wait, and block (briefly) on what frees room, the learner's
+      # next credit, rather than spin: a spinning replay took most of a core from the learner (bench stack).
+      self.links.samples.wait_credit(0.02)
+      return
     msg = self.links.trajectories.recv(0.02)
     if msg is None:
       return

@@ -249,3 +249,29 @@ def test_replay_serves_expert_batches_under_bc_and_drains_unused_trajectories(tm
   # The simulators' Trajectories are consumed, counted, never sent to the BC learner.
   assert rt.registry.get_sample_value("drivelab_dropped_total", {"what": "unused_trajectory"}) >= 2
   rt.ctx.term()
+
+
+def test_full_replay_blocks_on_the_learners_credit_instead_of_spinning(tmp_path):
+  from services.replay import config as replay_config
+
+  t, b, f = 2, 2, 3
+  traj = schemas.make("Trajectory", "sim", 0, params_version=0, env_steps=4, arrays={
+      "obs/flat": np.zeros((t, b, f), np.float32), "action": np.zeros((t, b), np.int32),
+      "reward": np.zeros((t, b), np.float32), "done": np.zeros((t, b), bool), "valid": np.ones((t, b), bool)})
+  waits, received = [], []
+  links = replay_service.Links(
+      trajectories=_Fake(recv=lambda timeout_s: received.append(1) or traj),
+      params=_Fake(poll=lambda timeout_s: None),
+      samples=_Fake(wait_credit=lambda timeout_s: waits.append(timeout_s) or False,  # the learner never asks
+                    send_fields=lambda schema, **kw: True),
+      expert=_Fake(recv=lambda timeout_s: None))
+  rt = runtime.Runtime("replay", runtime.CommonConfig(metrics_port=0, run_dir=str(tmp_path)))
+  replay = replay_service.Replay(replay_config.ReplayConfig(capacity=2, sample_items=2), rt, links)
+  for _ in range(5):
+    replay.run_once()
+  # Two inserts fill the table; after that replay takes nothing more off the socket and each pass waits a bounded,
+  # non-zero time for the learner's credit (was: returned at once, spinning a core away from the learner).
+  assert replay.inserted == 2 and len(received) == 2
+  blocking = [w for w in waits if w > 0]
+  assert len(blocking) == 3 and all(0 < w <= 0.1 for w in blocking)
+  rt.ctx.term()
