@@ -8,7 +8,10 @@ Two ways to act (DESIGN.md "Data flow"):
 The policy is services.common.policy_net's PolicyNet (the project's Agent over flat features); params are its
 flat "/"-keyed dict (the Params message's arrays).
 
-Shapes (S scenes, O objects, F features, T steps; B = S * O agents, flattened scene-major):
+Shapes (S scenes, O objects, M acting rows per scene, F features, T steps; B = S * M agents, flattened
+scene-major). The policy acts on, and records carry, the M rows of each scene's controlled objects only
+(shared.algos.rows: 1 for the self-driving car alone, else min(max_controlled, O)), not all O object slots; a
+row without a controlled object is zero and never valid.
   features: (B, F) float32 = every Observation leaf of an agent flattened and concatenated, in field order
     (`shared.nets.inputs.unflatten` with the PolicyNet's layout reads them back).
   collect / step records: obs (T, B, F), action, log_prob, value, reward (T, B), done, terminated, valid (T, B)
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from services.common import policy_net
+from shared.algos import rows as rows_lib
 from shared.scenes import types
 from shared.sim import actions as actions_lib
 from shared.sim import env, episode, inverse, rollout
@@ -37,39 +41,60 @@ Record = dict[str, Any]
 
 
 def flat_features(obs: Any) -> jax.Array:
-  """Observation pytree with leaves (S, O, ...) -> (S * O, F) float32."""
+  """Observation pytree with leaves (S, N, ...) -> (S * N, F) float32."""
   leaves = jax.tree.leaves(obs)
   s, o = leaves[0].shape[:2]
   return jnp.concatenate([x.reshape(s * o, -1).astype(jnp.float32) for x in leaves], axis=-1)
 
 
-def _acting(state) -> jax.Array:
-  """(S * O,) bool: agents whose action this step counts (controlled, not done, log not over)."""
+def row_features(rows: rows_lib.Rows, obs: Any) -> jax.Array:
+  """Observation with leaves (S, O, ...) -> the acting rows' flat features (S * M, F)."""
+  return flat_features(rows.gather(obs))
+
+
+def _flat(rows: rows_lib.Rows, x: jax.Array) -> jax.Array:
+  """(S, O) per-object values -> (S * M,) per row."""
+  return rows.gather(x).reshape(-1)
+
+
+def _to_objects(rows: rows_lib.Rows, action: jax.Array) -> jax.Array:
+  """(S * M,) row actions -> (S, O) per object (zero for objects without a row)."""
+  return rows.scatter(action.reshape(rows.index.shape))
+
+
+def _acting(state, rows: rows_lib.Rows) -> jax.Array:
+  """(S * M,) bool: rows whose action this step counts (controlled, not done, log not over)."""
   last = state.scenario.objects.x.shape[-1] - 1
   live = state.controlled & ~state.done & (state.t < last)[:, None]
-  return live.reshape(-1)
+  return _flat(rows, live)
 
 
-def _record(feat, acting, action, log_prob, value, out) -> Record:
-  done = (out.done | out.truncated).reshape(-1)
+def _record(feat, acting, action, log_prob, value, out, rows: rows_lib.Rows) -> Record:
+  done = _flat(rows, out.done | out.truncated)
   return {"obs": feat, "action": action, "log_prob": log_prob, "value": value,
-          "reward": out.reward.reshape(-1) * acting, "done": done, "terminated": out.done.reshape(-1) & acting,
+          "reward": _flat(rows, out.reward) * acting, "done": done, "terminated": _flat(rows, out.done) & acting,
           "valid": acting}
 
 
-def _label_ok(state) -> jax.Array:
-  """(S * O,) bool: the log holds the agent at t and t + 1, so its expert action is a demonstration."""
+def _label_ok(state, rows: rows_lib.Rows) -> jax.Array:
+  """(S * M,) bool: the log holds the agent at t and t + 1, so its expert action is a demonstration."""
   def one(s):
     o = s.scenario.objects
     last = o.x.shape[-1] - 1
     ok = inverse.log_target(o, jnp.minimum(s.t + 1, last))[3] & (s.t < last)
     return ok & jnp.take(o.valid, s.t, axis=-1)
-  return jax.vmap(one)(state).reshape(-1)
+  return _flat(rows, jax.vmap(one)(state))
+
+
+def num_rows(cfg: env.EnvConfig, num_objects: int) -> int:
+  """M, the acting rows per scene (shared.algos.rows.num_rows)."""
+  return rows_lib.num_rows(cfg.control_mode, cfg.max_controlled, num_objects)
 
 
 def _reset_and_observe(scenario, rng, cfg: env.EnvConfig):
   state = env.reset_batch(scenario, rng, cfg)
-  return state, flat_features(jax.vmap(lambda x: env.observe(x, cfg))(state))
+  rows = rows_lib.acting_rows(state.controlled, num_rows(cfg, scenario.objects.x.shape[1]))
+  return state, row_features(rows, jax.vmap(lambda x: env.observe(x, cfg))(state)), rows
 
 
 def _make_reset(cfg: env.EnvConfig) -> Callable:
@@ -84,18 +109,18 @@ def _cached(make: Callable, *key) -> Callable:
 
 
 def make_collect(cfg: env.EnvConfig, num_steps: int, greedy: bool, pn: policy_net.PolicyNet) -> Callable:
-  """jitted (params, state, feat, rng) -> (state, feat, records with a leading T axis)."""
+  """jitted (params, state, feat, rows, rng) -> (state, feat, records with a leading T axis)."""
 
   @jax.jit
-  def collect(params, state, feat, rng):
+  def collect(params, state, feat, rows, rng):
     def body(carry, _):
       state, feat, rng = carry
       rng, key = jax.random.split(rng)
       action, log_prob, value = pn.select_action(params, feat, key, greedy)
-      acting = _acting(state)
-      nxt, out = env.step_batch(state, action.reshape(state.controlled.shape), cfg)
-      nfeat = flat_features(out.obs)
-      return (nxt, nfeat, rng), _record(feat, acting, action, log_prob, value, out)
+      acting = _acting(state, rows)
+      nxt, out = env.step_batch(state, _to_objects(rows, action), cfg)
+      nfeat = row_features(rows, out.obs)
+      return (nxt, nfeat, rng), _record(feat, acting, action, log_prob, value, out, rows)
 
     (state, feat, rng), rec = jax.lax.scan(body, (state, feat, rng), None, length=num_steps)
     return state, feat, rec
@@ -104,14 +129,14 @@ def make_collect(cfg: env.EnvConfig, num_steps: int, greedy: bool, pn: policy_ne
 
 
 def make_step(cfg: env.EnvConfig) -> Callable:
-  """jitted one step with given actions (service mode): (state, feat, action, log_prob, value) ->
+  """jitted one step with given actions (service mode): (state, feat, rows, action, log_prob, value) ->
   (state, feat, record (B, ...))."""
 
   @jax.jit
-  def step(state, feat, action, log_prob, value):
-    acting = _acting(state)
-    nxt, out = env.step_batch(state, action.reshape(state.controlled.shape), cfg)
-    return nxt, flat_features(out.obs), _record(feat, acting, action, log_prob, value, out)
+  def step(state, feat, rows, action, log_prob, value):
+    acting = _acting(state, rows)
+    nxt, out = env.step_batch(state, _to_objects(rows, action), cfg)
+    return nxt, row_features(rows, out.obs), _record(feat, acting, action, log_prob, value, out, rows)
 
   return step
 
@@ -123,15 +148,15 @@ def make_expert(cfg: env.EnvConfig, num_steps: int) -> Callable:
   act = rollout.grid_expert(cfg)
 
   @jax.jit
-  def expert(state, feat, rng):
+  def expert(state, feat, rows, rng):
     def body(carry, _):
       state, feat = carry
       action = jax.vmap(lambda s: act(s, None, rng))(state)
-      acting = _acting(state)
+      acting = _acting(state, rows)
       nxt, out = env.step_batch(state, action, cfg)
-      rec = _record(feat, acting, action.reshape(-1).astype(jnp.int32), None, None, out)
+      rec = _record(feat, acting, _flat(rows, action).astype(jnp.int32), None, None, out, rows)
       rec = {k: v for k, v in rec.items() if v is not None}
-      return (nxt, flat_features(out.obs)), dict(rec, valid=acting & _label_ok(state))
+      return (nxt, row_features(rows, out.obs)), dict(rec, valid=acting & _label_ok(state, rows))
 
     _, rec = jax.lax.scan(body, (state, feat), None, length=num_steps)
     return rec
@@ -145,7 +170,8 @@ class Engine:
   Attributes:
     cfg: the EnvConfig.
     state: batched SimState (None before `load`).
-    feat: (B, F) features of the current state.
+    feat: (B, F) features of the current state's acting rows.
+    rows: shared.algos.rows.Rows of the loaded batch (which object each row is).
   """
 
   def __init__(self, cfg: env.EnvConfig, unroll_length: int, seed: int = 0, greedy: bool = False,
@@ -160,11 +186,12 @@ class Engine:
     self._step = _cached(make_step, cfg)
     self.state = None
     self.feat = None
+    self.rows = None
 
   def load(self, scenario: types.Scenario) -> None:
     """Resets on a new batch of scenes (numpy arrays with a leading S axis)."""
     self.rng, key = jax.random.split(self.rng)
-    self.state, self.feat = self._reset(jax.tree.map(jnp.asarray, scenario), key)
+    self.state, self.feat, self.rows = self._reset(jax.tree.map(jnp.asarray, scenario), key)
 
   @property
   def num_features(self) -> int:
@@ -177,7 +204,7 @@ class Engine:
   def collect(self, params) -> dict[str, np.ndarray]:
     """Fused path: `unroll_length` steps with the policy inside the scan. Returns numpy records (T, B, ...)."""
     self.rng, key = jax.random.split(self.rng)
-    self.state, self.feat, rec = self._collect(params, self.state, self.feat, key)
+    self.state, self.feat, rec = self._collect(params, self.state, self.feat, self.rows, key)
     return jax.tree.map(np.asarray, rec)
 
   def evaluate(self, params):
@@ -185,20 +212,21 @@ class Engine:
     steps = int(self.state.scenario.objects.x.shape[-1] - 1 - int(self.state.t[0]))
     self.rng, key = jax.random.split(self.rng)
     evaluate = _cached(make_evaluate, self.cfg, steps, self.policy)
-    return jax.tree.map(np.asarray, evaluate(params, self.state, self.feat, key))
+    return jax.tree.map(np.asarray, evaluate(params, self.state, self.feat, self.rows, key))
 
   def expert(self) -> dict[str, np.ndarray]:
     """The logged behaviour as grid actions with observations, from a freshly loaded batch to the log's end."""
     steps = int(self.state.scenario.objects.x.shape[-1] - 1 - int(self.state.t[0]))
     self.rng, key = jax.random.split(self.rng)
-    return jax.tree.map(np.asarray, _cached(make_expert, self.cfg, steps)(self.state, self.feat, key))
+    return jax.tree.map(np.asarray, _cached(make_expert, self.cfg, steps)(self.state, self.feat, self.rows, key))
 
   def acting(self) -> np.ndarray:
-    return np.asarray(_acting(self.state))
+    """(B,) bool: the rows whose action the next step uses."""
+    return np.asarray(_acting(self.state, self.rows))
 
   def step(self, action: np.ndarray, log_prob: np.ndarray, value: np.ndarray) -> dict[str, np.ndarray]:
     """Service path: one step with actions from the inference service; returns that step's record (B, ...)."""
-    self.state, self.feat, rec = self._step(self.state, self.feat, jnp.asarray(action, jnp.int32),
+    self.state, self.feat, rec = self._step(self.state, self.feat, self.rows, jnp.asarray(action, jnp.int32),
                                             jnp.asarray(log_prob, jnp.float32), jnp.asarray(value, jnp.float32))
     return jax.tree.map(np.asarray, rec)
 
@@ -209,21 +237,21 @@ def stack_records(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]
 
 
 def make_evaluate(cfg: env.EnvConfig, num_steps: int, pn: policy_net.PolicyNet) -> Callable:
-  """jitted greedy episode (params, state, feat, rng) -> shared.sim.episode.EpisodeMetrics, (S, O) per field.
+  """jitted greedy episode (params, state, feat, rows, rng) -> shared.sim.episode.EpisodeMetrics, (S, O) per field.
 
   The state must be fresh from `load` (at cfg.init_step): episode metrics measure progress from there. The agents
   scored are those controlled at the start."""
   ep_cfg = episode.EpisodeConfig(init_step=cfg.init_step)
 
   @jax.jit
-  def evaluate(params, state, feat, rng):
+  def evaluate(params, state, feat, rows, rng):
     evaluated = state.controlled
 
     def body(carry, _):
       state, feat = carry
       action, _, _ = pn.select_action(params, feat, rng, True)
-      nxt, out = env.step_batch(state, action.reshape(state.controlled.shape), cfg)
-      return (nxt, flat_features(out.obs)), (out.metrics, nxt.objects)
+      nxt, out = env.step_batch(state, _to_objects(rows, action), cfg)
+      return (nxt, row_features(rows, out.obs)), (out.metrics, nxt.objects)
 
     _, (metrics, objects) = jax.lax.scan(body, (state, feat), None, length=num_steps)
     per_scene = lambda m, o, e, s: episode.episode_metrics(m, o, e, s, ep_cfg)

@@ -14,6 +14,7 @@ Shapes: any leading axes (...) on the observation, e.g. (O,) agents of one scene
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -111,8 +112,14 @@ class Agent:
                       value=value)
 
   def policy_fn(self, greedy: bool) -> Callable[[Params, Any, Array], Array]:
-    """`policy_fn(params, obs, rng) -> (O,) int32 grid actions` for `rollout` / the evaluator."""
-    return lambda params, obs, rng: self.select_action(params, obs, rng, greedy).action
+    """`policy_fn(params, obs, rng) -> (N,) int32 grid actions` for `rollout` / the evaluator; the same function
+    object for equal agents, so callers that cache compiled evaluations on it (shared.evaluation) compile once."""
+    return _policy_fn(self, bool(greedy))
+
+
+@functools.lru_cache(maxsize=64)
+def _policy_fn(agent: Agent, greedy: bool) -> Callable[[Params, Any, Array], Array]:
+  return lambda params, obs, rng: agent.select_action(params, obs, rng, greedy).action
 
 
 def make_agent(net_cfg: actor_critic.NetConfig, grid_cfg: actions_lib.ActionGridConfig) -> Agent:

@@ -11,7 +11,9 @@ Each iteration draws `num_scenes` scenes from the pool (held on the device insid
 PPO: actions sampled from the current params (on-policy, GAE targets). BC: the closed-loop grid expert of the log
 (`rollout.grid_expert`) drives, and its grid actions with the rewards of that replay are the demonstration.
 The update is exactly the learner service's: `ppo_update` / `bc_update`.
-Shapes: B scenes, O objects, T steps; recorded arrays are (T, B, O, ...), observations (T + 1, B, O, ...).
+Shapes: B scenes, O objects, T steps, M acting rows per scene (shared.algos.rows: the controlled objects, 1 for
+the self-driving car alone, else min(max_controlled, O)); the policy runs on, and the update learns from, the M
+rows only: recorded arrays are (T, B, M, ...), observations (T + 1, B, M, ...); episode flags stay (B, O).
 `run` is the Python driver around it: a rich progress bar (agent steps, steps/s, goal / collision rates) and a
 per-iteration callback (history lines, checkpoints, periodic evaluation live in the caller).
 """
@@ -25,7 +27,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from shared.algos import bc_update, ppo_update, training
+from shared.algos import bc_update, ppo_update, rows as rows_lib, training
 from shared.algos.agent import Agent, as_net_input
 from shared.scenes import types
 from shared.sim import env, inverse, rollout
@@ -86,7 +88,7 @@ class Collected:
   truncated: Array
   acting: Array
   label_ok: Array
-  controlled0: Array
+  controlled0: Array  # (B, O)
   final: Any  # SimState after the rollout
   overlap: Array  # (B, O) any overlap while acting
   offroad: Array
@@ -110,24 +112,28 @@ def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, r
   ecfg = cfg.env
   k_reset, k_roll = jax.random.split(rng)
   state = env.reset_batch(scenarios, k_reset, ecfg)
-  obs0 = as_net_input(jax.vmap(lambda s: env.observe(s, ecfg))(state))
+  rows = rows_lib.acting_rows(state.controlled, acting_rows_for(ecfg, scenarios.objects.x.shape[1]))
+  obs0 = rows.gather(as_net_input(jax.vmap(lambda s: env.observe(s, ecfg))(state)))
   num_steps = cfg.steps_for(scenarios.objects.x.shape[-1])
   expert_act = _expert_act(agent, ecfg)
 
   def body(carry, key):
     s, obs = carry
     if expert:
-      grid, ok = jax.vmap(expert_act)(s, jax.random.split(key, s.t.shape[0]))
+      grid_o, ok_o = jax.vmap(expert_act)(s, jax.random.split(key, s.t.shape[0]))
+      grid, ok = rows.gather((grid_o, ok_o))
       factors, logp, value = agent.to_factors(grid), jnp.zeros(grid.shape), jnp.zeros(grid.shape)
     else:
       a = agent.select_action(params, obs, key)
       grid, factors, logp, value, ok = a.action, a.factors, a.logp, a.value, jnp.ones(a.action.shape, bool)
-    acting = s.controlled & ~s.done
-    s2, out = env.step_batch(s, grid, ecfg)
-    rec = dict(obs=obs, factors=factors, logp=logp, value=value, reward=out.reward, terminated=out.done & acting,
-               truncated=out.truncated & acting, acting=acting, label_ok=ok & acting,
-               overlap=out.metrics.overlap & acting, offroad=out.metrics.offroad & acting)
-    return (s2, as_net_input(out.obs)), rec
+      grid_o = rows.scatter(grid)
+    acting_o = s.controlled & ~s.done
+    s2, out = env.step_batch(s, grid_o, ecfg)
+    acting, reward, done, truncated = rows.gather((acting_o, out.reward, out.done, out.truncated))
+    rec = dict(obs=obs, factors=factors, logp=logp, value=value, reward=reward, terminated=done & acting,
+               truncated=truncated & acting, acting=acting, label_ok=ok & acting,
+               overlap=out.metrics.overlap & acting_o, offroad=out.metrics.offroad & acting_o)
+    return (s2, rows.gather(as_net_input(out.obs))), rec
 
   (final, obs_last), rec = jax.lax.scan(body, (state, obs0), jax.random.split(k_roll, num_steps))
   obs = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), rec.pop("obs"), obs_last)
@@ -154,6 +160,11 @@ def to_demonstration(c: Collected) -> bc_update.Demonstration:
   steps = c.reward.shape[0]
   return bc_update.Demonstration(obs=jax.tree.map(lambda x: x[:steps], c.obs), actions=c.factors, reward=c.reward,
                                  terminated=c.terminated, mask=c.label_ok.astype(jnp.float32))
+
+
+def acting_rows_for(cfg: env.EnvConfig, num_objects: int) -> int:
+  """M, the policy's rows per scene in this environment (shared.algos.rows.num_rows)."""
+  return rows_lib.num_rows(cfg.control_mode, cfg.max_controlled, num_objects)
 
 
 def sample_scenes(pool: types.Scenario, num: int, rng: Array) -> types.Scenario:

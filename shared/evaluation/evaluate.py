@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shared.algos import rows as rows_lib
 from shared.scenes import types
 from shared.sim import actions as actions_lib
 from shared.sim import env, episode, inverse, rollout
@@ -47,12 +48,16 @@ class Policy:
       that share one compiled evaluation (BASELINES), chosen by `baseline` at run time.
     aux_fn: optional per-scene precomputation (scenario -> pytree) handed to the act function as `aux`.
     baseline: index into BASELINES (with make_act None).
+    on_rows: the act function sees the controlled objects' observation rows only, (M, ...) with M from the env
+      (shared.algos.rows), and returns their M actions: a per-agent network then runs on M rows, not all O
+      object slots (1 instead of 128 for the self-driving car alone in a real scene).
   """
 
   name: str
   make_act: MakeAct | None = None
   aux_fn: Callable[[types.Scenario], Any] | None = None
   baseline: int = -1
+  on_rows: bool = False
 
 
 @flax.struct.dataclass
@@ -95,9 +100,20 @@ def _expert(name: str, cfg: env.EnvConfig) -> Policy:
   return Policy(name, lambda p: rollout.continuous_expert, aux_fn=aux)
 
 
-def from_policy_fn(policy_fn: rollout.PolicyFn, name: str = "checkpoint") -> Policy:
-  """Wraps a greedy network policy `policy_fn(params, obs, rng) -> actions` (one scene)."""
-  return Policy(name, lambda p: lambda s, obs, key, aux: policy_fn(p, obs, key))
+@functools.lru_cache(maxsize=64)
+def from_policy_fn(policy_fn: rollout.PolicyFn, name: str = "checkpoint", on_rows: bool = True) -> Policy:
+  """Wraps a greedy per-agent network policy `policy_fn(params, obs, rng) -> actions` (one scene's rows); one
+  Policy (so one compiled evaluation) per function. With `on_rows` it sees only the controlled objects' rows."""
+  return Policy(name, lambda p: lambda s, obs, key, aux: policy_fn(p, obs, key), on_rows=on_rows)
+
+
+def _on_rows(act: rollout.ActFn, num_rows: int) -> rollout.ActFn:
+  """An act function over M rows -> one over the scene's O objects (zero actions for the others)."""
+  def full(s, obs, key, aux):
+    rows = rows_lib.acting_rows(s.controlled[None], num_rows)
+    out = act(s, jax.tree.map(lambda x: rows.gather(x[None])[0], obs), key, aux)
+    return jax.tree.map(lambda x: rows.scatter(x[None])[0], out)
+  return full
 
 
 def _baseline_branches(cfg: env.EnvConfig):
@@ -133,6 +149,8 @@ def _evaluate(policy: Policy, params, scenarios, cfg: env.EnvConfig, ep_cfg: epi
     act = lambda s, obs, key, aux: jax.lax.switch(baseline, branches, s, key)
   else:
     follows_log, act = False, policy.make_act(params)
+    if policy.on_rows:
+      act = _on_rows(act, rows_lib.num_rows(cfg.control_mode, cfg.max_controlled, scenarios.objects.x.shape[1]))
   evaluated = jax.vmap(lambda sc, c: evaluated_mask(sc, c, follows_log, cfg))(scenarios, state.controlled)
   state = state.replace(controlled=state.controlled & jnp.logical_not(follows_log))
   aux = None if policy.aux_fn is None else jax.vmap(policy.aux_fn)(scenarios)

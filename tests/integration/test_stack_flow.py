@@ -143,10 +143,11 @@ def test_data_flows_and_params_versions_reach_simulators(stack):
   assert steps > 0
   v1 = learner.version
   wait_for(lambda: learner.version > v1, 30, "a further params version")
-  # Expert trajectories reach replay's expert table: T = 90 - 10 steps of the log, 2 scenes x 16 objects.
+  # Expert trajectories reach replay's expert table: T = 90 - 10 steps of the log, 2 scenes x 4 acting rows (the
+  # expert_max_controlled cap; not the 16 object slots).
   replay = stack.svcs["replay"]
   wait_for(lambda: replay.expert_inserted >= 1, 30, "an expert trajectory in replay")
-  assert replay.expert_shapes["action"][0] == (1, 80, 32)
+  assert replay.expert_shapes["action"][0] == (1, 80, 8)
 
 
 def test_stalled_learner_bounds_every_queue(stack):
@@ -247,7 +248,7 @@ def test_bc_learns_the_expert_actions_the_loader_replayed(stack):
   _, sample = replay.expert_table.sample(replay.expert_state)
   arrays = replay_service.to_batch_arrays(jax.tree.map(np.asarray, sample))
   msg = schemas.make("ReplayBatch", "replay", 0, arrays=arrays, table="expert")  # what replay sends under bc
-  assert msg.arrays["obs/flat"].shape[:2] == (80, 64) and msg.arrays["valid"].mean() > 0.1
+  assert msg.arrays["obs/flat"].shape[:2] == (80, 2 * 8) and msg.arrays["valid"].mean() > 0.1  # 2 samples x 8 rows
   pn = policy_net.from_common(stack.common)
   bc = learner_algo.make(pn, "bc", learner_config.LearnerConfig(learning_rate=3e-3, num_epochs=2, num_minibatches=2))
   valid = msg.arrays["valid"].astype(bool)
