@@ -20,7 +20,6 @@ from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 
 from shared.nets import actor_critic, heads
 from shared.nets import inputs as inputs_lib
