@@ -1,17 +1,19 @@
 """`drivelab bench sim`: simulator step cost by batch size and controlled agents, its parts, and a brute-force
 off-road baseline.
 
-Full step = dynamics + observations of the controlled objects + all metrics of every object + reward (+ the
-road-candidate refresh every `candidate_refresh_steps` steps), run as `rollout_batch` inside one `lax.scan` under
+Full step = dynamics + observations and metrics of the controlled objects + reward (+ the road-candidate refresh
+of the controlled objects every `candidate_refresh_steps` steps), run as `rollout_batch` inside one `lax.scan` under
 jit with random grid actions that depend on the observation (through a sum that never changes them), so XLA cannot
 drop the observation as dead code.
 Scenes: the real ones in a folder (tiled to fill the batch) and/or synthetic ones. Agents: the controlled set is
 chosen once for the largest count and cut down per case, so every case shares one compiled program (observations
-are computed for max_controlled egos and metrics for every object: the cost does not depend on how many are
-controlled, agent-steps/s does).
+and metrics are computed for max_controlled rows: the cost does not depend on how many are controlled,
+agent-steps/s does).
 Components (each alone, in a scan of the same length, batch 1 and the smallest batch > 1): dynamics, observations
-(the env's: controlled objects only; and of every object), metrics, the candidate refresh (per call), our off-road
-check, and Waymax's brute-force off-road check over every road point.
+(the env's: controlled objects only; and of every object), metrics (the env's: controlled objects only, with their
+box gaps; and of every object, as log replay computes them), the candidate refresh (per call: the env's, of the
+controlled objects; and of every object), our off-road check, and Waymax's brute-force off-road check over every
+road point.
 Results (with command line, git commit, machine, UTC time, load averages) go to --out.
 """
 
@@ -124,6 +126,13 @@ def _component_fns(cfg, steps):
     return run
 
   one = lambda f: lambda s: jax.vmap(f)(s)
+  def controlled_metrics(s):  # what the env computes: the controlled rows' box gaps (M, O), then their metrics
+    o, log = s.objects, s.scenario.objects
+    rows = observations.controlled_rows(s.controlled, cfg.max_controlled)[0]
+    boxes = (o.x, o.y, o.yaw, log.length, log.width)
+    gap = geometry.sat_gap(tuple(b[rows] for b in boxes), boxes)
+    return metrics.step_metrics_rows(s, s, rows, cfg.metrics, gap)[0]
+
   corners = lambda s: geometry.box_corners(s.objects.x, s.objects.y, s.objects.yaw, s.scenario.objects.length,
                                            s.scenario.objects.width)
   return {
@@ -131,8 +140,10 @@ def _component_fns(cfg, steps):
           s.objects.x), cfg.dynamics, s.scenario.objects.length).x)),
       "observations": scan(one(lambda s: observations.flatten(env.observe(s, cfg)))),
       "observations_every_object": scan(one(lambda s: observations.flatten(observations.observe(s, cfg.obs)))),
-      "metrics": scan(one(lambda s: jax.tree.map(jnp.sum, metrics.step_metrics(s, s, cfg.metrics)))),
-      "candidate_refresh_per_call": scan(one(lambda s: env.refresh_candidates(s, cfg).road_cache)),
+      "metrics": scan(one(lambda s: jax.tree.map(jnp.sum, controlled_metrics(s)))),
+      "metrics_every_object": scan(one(lambda s: jax.tree.map(jnp.sum, metrics.step_metrics(s, s, cfg.metrics)))),
+      "candidate_refresh_per_call": scan(one(lambda s: env.refresh_controlled_candidates(s, cfg).road_cache)),
+      "candidate_refresh_every_object_per_call": scan(one(lambda s: env.refresh_candidates(s, cfg).road_cache)),
       "offroad_ours": scan(one(lambda s: geometry.cached_edge_signed_distance(s.road_cache, corners(s)))),
       "offroad_brute_force_waymax_style": scan(one(lambda s: geometry.brute_force_edge_distance(
           s.scenario.roads, corners(s)))),

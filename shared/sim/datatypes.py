@@ -46,9 +46,11 @@ class SimState:
     objects: ObjectState of every object at step t.
     controlled: (O,) bool, the objects whose actions come from the policy; the rest follow the log.
     done: (O,) bool, episode over for this object (goal reached with stop-at-goal, crash with done signals on).
-    goal_reached: (O,) bool, latched once the object came within the goal radius.
+    goal_reached: (O,) bool, latched once the object came within the goal radius (the env computes metrics for
+      the controlled objects only, so it stays False for the others unless nothing in the scene is controlled).
     road_candidates: (O, K) int32 indices of the road points nearest each object, refreshed every few steps so
-      per-step cost does not grow with the map size.
+      per-step cost does not grow with the map size (by the env: the controlled objects' rows only, unless nothing
+      in the scene is controlled).
     rng: PRNG key for stochastic parts (random control subsets, sampled actions).
     road_index: geometry.RoadIndex of the scene's map (depends on the map only; built once at reset so refreshes
       do not sort the map again); None in hand-built states, then refreshes build it.

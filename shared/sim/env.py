@@ -12,9 +12,20 @@ object that observations and metrics look at) are refreshed every `candidate_ref
 reads the first scene's counter (scenes of a batch step in lockstep), so the refresh stays a real branch instead of
 becoming a select that would pay for it every step.
 
-Observations are computed for the controlled objects only (at most max_controlled egos) and returned as (O, ...)
-with zero rows for every other object; metrics for every object. The box gaps and log-path projections are
-computed once per step for both.
+Observations, metrics and road-candidate refreshes are computed for the controlled objects only, the scene's
+"rows" (at most max_controlled, listed by observations.controlled_rows): cost grows with max_controlled, not with
+the scene's object count. Observations and metrics are returned as (O, ...) with zero (False) rows for every other
+object, and their candidates are left as they were; rewards, done signals and the evaluator read controlled
+objects only. The rows' box gaps (M, O) against every box and their log-path projections are computed once per
+step for both. A scene with no controlled object (log replay: the evaluator's "log" policy scores replayed
+objects) or more than max_controlled of them (hand-built states) gets everything for every object instead, as
+before; `lax.cond` picks the branch per step (in `step_batch`: the rows branch when every scene of the batch has
+1..max_controlled controlled objects, else every object, with the rows-only scenes' other rows zeroed as usual).
+Metrics of controlled objects are the same either way (tests/unit/sim/test_sim_rows.py checks both branches
+against metrics.step_metrics of every object). EnvConfig.row_buckets adds rows branches of fewer rows (e.g. 16,
+32, 48 under 64): a step then pays for the smallest that holds the batch's largest controlled count, at one more
+compiled branch each (measured at batch 16 on 2 shared cores: 18 vs 24 ms per step on the real scenes, whose
+scenes have up to 40 controlled; compile 66 vs 29 s). Off by default.
 
 Shapes: one scene has O objects; StepOutput arrays are (O, ...); batched functions add a leading B axis.
 """
@@ -54,6 +65,9 @@ class EnvConfig:
       (measured: 11% of moving grid-expert vehicles "collide" with such phantoms on the real scenes).
     candidate_refresh_steps: steps between road-candidate refreshes.
     num_road_candidates: K road points kept per object between refreshes.
+    row_buckets: smaller row counts (besides max_controlled) the step may compute for: each step takes the
+      smallest that holds the batch's largest controlled count (one compiled branch per size; see the module
+      docstring). Results do not depend on it; cost and compile time do.
   """
 
   dynamics: dynamics.DynamicsConfig = dynamics.DynamicsConfig()
@@ -70,6 +84,7 @@ class EnvConfig:
   leave_at_log_end: bool = True
   candidate_refresh_steps: int = 10
   num_road_candidates: int = 64
+  row_buckets: tuple[int, ...] = ()
 
   def __post_init__(self):
     if not 1 <= self.max_controlled <= 64:
@@ -91,7 +106,8 @@ class StepOutput:
     done: (O,) bool, episode over for this object (latched): terminal events, or truncation.
     truncated: (O,) bool, this step ended a controlled object's episode by time (the log's last step, or its own
       log ended with leave_at_log_end) rather than by a terminal event; bootstrap through these.
-    metrics: StepMetrics of the transition.
+    metrics: StepMetrics of the transition, (O,) fields: the controlled objects' rows filled, every other row
+      zero (False), except in scenes with no controlled object (log replay), where every row is filled.
     controlled: (O,) bool.
     objects: ObjectState after the step (trajectories for ADE and rendering).
   """
@@ -113,6 +129,27 @@ def refresh_candidates(state: SimState, cfg: EnvConfig) -> SimState:
                                       cfg.num_road_candidates, index=state.road_index)
   cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cfg.num_road_candidates))
   return state.replace(road_candidates=cand, road_cache=cache)
+
+
+def _refresh_rows(state: SimState, cfg: EnvConfig, rows, slot, slot_ok) -> SimState:
+  """refresh_candidates for the objects `rows` (M,) alone (see observations.controlled_rows for slot, slot_ok);
+  the other objects keep their candidates. Needs road_index and road_cache (_with_search_structures)."""
+  o = state.objects
+  ahead = 0.5 * cfg.candidate_refresh_steps * cfg.dynamics.dt
+  qx, qy = (o.x + o.vel_x * ahead)[rows], (o.y + o.vel_y * ahead)[rows]
+  cand = geometry.nearest_road_points(state.scenario.roads, qx, qy, cfg.num_road_candidates, index=state.road_index)
+  cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cfg.num_road_candidates))
+  keep = lambda new, old: jnp.where(slot_ok.reshape(slot_ok.shape + (1,) * (old.ndim - 1)), new[slot], old)
+  return state.replace(road_candidates=keep(cand, state.road_candidates),
+                       road_cache=jax.tree.map(keep, cache, state.road_cache))
+
+
+def _rows(state: SimState, cfg: EnvConfig):
+  """(rows (M,), slot (O,), slot_ok (O,), rows_only ()) of one scene: its controlled objects
+  (observations.controlled_rows), and whether the scene computes for those alone (1..max_controlled of them)."""
+  rows, slot, slot_ok = observations.controlled_rows(state.controlled, cfg.max_controlled)
+  count = jnp.sum(state.controlled.astype(jnp.int32))
+  return rows, slot, slot_ok, (count >= 1) & (count <= cfg.max_controlled)
 
 
 def _with_search_structures(state: SimState, cfg: EnvConfig) -> SimState:
@@ -163,21 +200,23 @@ def _advance(state: SimState, accel, steer, cfg: EnvConfig) -> SimState:
   return state.replace(t=t_next, objects=objects)
 
 
-def _maybe_refresh(state: SimState, cfg: EnvConfig, t) -> SimState:
-  state = _with_search_structures(state, cfg)
-  due = (t - cfg.init_step) % cfg.candidate_refresh_steps == 0
-  return jax.lax.cond(due, lambda s: refresh_candidates(s, cfg), lambda s: s, state)
+def _due(cfg: EnvConfig, t):
+  return (t - cfg.init_step) % cfg.candidate_refresh_steps == 0
 
 
-def _finish(prev: SimState, state: SimState, cfg: EnvConfig) -> tuple[SimState, StepOutput]:
-  """Metrics, done flags, reward and observation of the transition prev -> state.
+def refresh_controlled_candidates(state: SimState, cfg: EnvConfig) -> SimState:
+  """refresh_candidates for the controlled objects alone (the first max_controlled); the others keep theirs."""
+  rows, slot, slot_ok, _ = _rows(state, cfg)
+  return _refresh_rows(_with_search_structures(state, cfg), cfg, rows, slot, slot_ok)
 
-  The box gaps (O, O) and the projections on the logged paths are computed once and shared by the metrics (every
-  object) and the observations (the controlled objects only).
-  """
-  o, log = state.objects, state.scenario.objects
-  gap = geometry.pairwise_sat_gap(o.x, o.y, o.yaw, log.length, log.width)
-  m, nearest = metrics.step_metrics_shared(prev, state, cfg.metrics, gap)
+
+def _refresh_branch(state: SimState, cfg: EnvConfig, rows_only: bool) -> SimState:
+  """refresh_candidates of the rows alone (rows_only, static) or of every object."""
+  return refresh_controlled_candidates(state, cfg) if rows_only else refresh_candidates(state, cfg)
+
+
+def _ended(prev: SimState, state: SimState, m: metrics.StepMetrics, cfg: EnvConfig):
+  """Done flags, reward and the new state from the transition's metrics (only controlled rows matter)."""
   goal_reached = prev.goal_reached | m.goal_reached
   ended = jnp.zeros_like(prev.done)
   if cfg.stop_at_goal:
@@ -193,18 +232,86 @@ def _finish(prev: SimState, state: SimState, cfg: EnvConfig) -> tuple[SimState, 
   truncated = acting & ~terminal & (left | last)
   done = prev.done | terminal | left
   reward = rewards.compute_reward(m, prev, state, cfg.reward) * acting
-  state = state.replace(done=done, goal_reached=goal_reached)
-  obs = observations.observe_controlled(state, cfg.max_controlled, cfg.obs, gap, nearest)
+  return state.replace(done=done, goal_reached=goal_reached), reward, done, truncated
+
+
+def _finish(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool) -> tuple[SimState, StepOutput]:
+  """Metrics, done flags, reward and observation of the transition prev -> state.
+
+  rows_only (static): compute for the scene's controlled objects alone (M = max_controlled rows, see
+  observations.controlled_rows; every other row of obs and metrics zero), which needs 1..max_controlled controlled
+  objects; else for every object, zeroing the rows of objects not controlled where the scene has 1..max_controlled
+  controlled (so both branches return the same thing for such scenes). The box gaps ((M, O) or (O, O)) and the
+  projections on the logged paths are computed once and shared by the metrics and the observations.
+  """
+  o, log = state.objects, state.scenario.objects
+  rows, slot, slot_ok, scene_rows_only = _rows(prev, cfg)
+  boxes = (o.x, o.y, o.yaw, log.length, log.width)
+  if rows_only:
+    gap = geometry.sat_gap(tuple(b[rows] for b in boxes), boxes)  # (M, O)
+    m_rows, nearest = metrics.step_metrics_rows(prev, state, rows, cfg.metrics, gap)
+    m = observations.spread_rows(m_rows, slot, slot_ok)
+  else:
+    gap = geometry.pairwise_sat_gap(*boxes)  # (O, O)
+    m, nearest = metrics.step_metrics_shared(prev, state, cfg.metrics, gap)
+    keep = ~scene_rows_only | slot_ok
+    m = jax.tree.map(lambda a: jnp.where(keep, a, jnp.zeros_like(a)), m)
+    gap, nearest = gap[rows], nearest[rows]
+  state, reward, done, truncated = _ended(prev, state, m, cfg)
+  obs = observations.observe_spread(state, rows, slot, slot_ok, cfg.obs, gap, nearest)
   out = StepOutput(obs=obs, reward=reward.astype(jnp.float32), done=done,
                    truncated=truncated, metrics=m, controlled=prev.controlled, objects=state.objects)
   return state, out
 
 
+def _row_sizes(cfg: EnvConfig) -> tuple[int, ...]:
+  """Static row counts of the rows branches, ascending, the last max_controlled."""
+  return tuple(sorted({b for b in cfg.row_buckets if 1 <= b < cfg.max_controlled} | {cfg.max_controlled}))
+
+
+def _branch(counts, cfg: EnvConfig):
+  """() int32: the rows branch (index into _row_sizes) holding every scene's controlled count (counts (B,)), or
+  len(_row_sizes) (every object) when some scene has none or more than max_controlled."""
+  sizes = _row_sizes(cfg)
+  i = jnp.sum(jnp.max(counts) > jnp.asarray(sizes, jnp.int32)).astype(jnp.int32)
+  return jnp.where(jnp.min(counts) >= 1, i, len(sizes))
+
+
+def _branches(cfg: EnvConfig, batched: bool):
+  """(refresh functions, finish functions) per branch of _branch: the rows ones with max_controlled set to each of
+  _row_sizes (same results for controlled counts that fit), then every object's."""
+  vm = jax.vmap if batched else (lambda f: f)
+  parts = lambda s: (s.road_candidates, s.road_cache)
+  cfgs = [dataclasses.replace(cfg, max_controlled=m) for m in _row_sizes(cfg)]
+  refresh = [vm(lambda s, c=c: parts(_refresh_branch(s, c, True))) for c in cfgs]
+  refresh.append(vm(lambda s: parts(_refresh_branch(s, cfg, False))))
+  finish = [vm(lambda p, s, c=c: _finish_parts(p, s, c, True)) for c in cfgs]
+  finish.append(vm(lambda p, s: _finish_parts(p, s, cfg, False)))
+  return [parts] + refresh, finish
+
+
+def _finish_parts(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool):
+  """_finish's (done, goal_reached, StepOutput): what leaves the branch (not the scene, which it does not change)."""
+  state, out = _finish(prev, state, cfg, rows_only)
+  return state.done, state.goal_reached, out
+
+
+def _step_branches(state: SimState, nxt: SimState, cfg: EnvConfig, counts, t, batched: bool):
+  """Refresh (when due) and finish by the branch of `counts`; only the candidates, their cache and _finish_parts
+  pass out of the switches (a branch returning its input copies it)."""
+  b = _branch(counts, cfg)
+  refresh, finish = _branches(cfg, batched)
+  cand, cache = jax.lax.switch(jnp.where(_due(cfg, t), b + 1, 0), refresh, nxt)
+  nxt = nxt.replace(road_candidates=cand, road_cache=cache)
+  done, goal, out = jax.lax.switch(b, finish, state, nxt)
+  return nxt.replace(done=done, goal_reached=goal), out
+
+
 def step_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig()) -> tuple[SimState, StepOutput]:
   """One step of one scene with continuous actions (O, 2): (accel_mps2, steer angle or rate)."""
-  nxt = _advance(state, actions[..., 0], actions[..., 1], cfg)
-  nxt = _maybe_refresh(nxt, cfg, nxt.t)
-  return _finish(state, nxt, cfg)
+  nxt = _with_search_structures(_advance(state, actions[..., 0], actions[..., 1], cfg), cfg)
+  counts = jnp.sum(state.controlled.astype(jnp.int32))[None]
+  return _step_branches(state, nxt, cfg, counts, nxt.t, False)
 
 
 def step(state: SimState, actions, cfg: EnvConfig = EnvConfig()) -> tuple[SimState, StepOutput]:
@@ -219,11 +326,12 @@ def reset_batch(scenarios: Scenario, rng, cfg: EnvConfig = EnvConfig()) -> SimSt
 
 
 def step_batch_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig()):
-  """step_continuous over a batch; actions (B, O, 2)."""
+  """step_continuous over a batch; actions (B, O, 2). The branches (refresh or not; controlled rows alone, and how
+  many, or every object) are decided once for the whole batch, reading the first scene's step counter (scenes of a
+  batch step in lockstep), so they stay real branches instead of selects that would pay for every branch."""
   nxt = jax.vmap(lambda s, a: _with_search_structures(_advance(s, a[..., 0], a[..., 1], cfg), cfg))(state, actions)
-  due = (nxt.t[0] - cfg.init_step) % cfg.candidate_refresh_steps == 0
-  nxt = jax.lax.cond(due, jax.vmap(lambda s: refresh_candidates(s, cfg)), lambda s: s, nxt)
-  return jax.vmap(lambda p, s: _finish(p, s, cfg))(state, nxt)
+  counts = jnp.sum(state.controlled.astype(jnp.int32), -1)
+  return _step_branches(state, nxt, cfg, counts, nxt.t[0], True)
 
 
 def step_batch(state: SimState, actions, cfg: EnvConfig = EnvConfig()):
@@ -237,4 +345,5 @@ def is_continuous(actions) -> bool:
 
 
 __all__ = ["EnvConfig", "StepOutput", "ObjectState", "reset", "step", "step_continuous", "reset_batch",
-           "step_batch", "step_batch_continuous", "observe", "refresh_candidates", "is_continuous"]
+           "step_batch", "step_batch_continuous", "observe", "refresh_candidates", "refresh_controlled_candidates",
+           "is_continuous"]

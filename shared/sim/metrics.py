@@ -1,6 +1,10 @@
-"""Per-step metrics of every object for the transition prev -> state (one scene; vmap for a batch).
+"""Per-step metrics for the transition prev -> state (one scene; vmap for a batch).
 
-All outputs are (O,). They feed the rewards, the done signals and the evaluator alike. Definitions:
+`step_metrics` gives every object's metrics, (O,) each; `step_metrics_rows` those of the objects `rows` (M,)
+alone, (M,) each, at the cost of M objects instead of O (box gaps (M, O); off-road, log-path projection, lights and
+stop signs of M objects), with values equal to those rows of `step_metrics`. The env uses the latter for its
+controlled objects (shared.sim.env: the other objects' metrics are zero there). They feed the rewards, the done
+signals and the evaluator alike. Definitions:
   overlap: the object's box intersects another valid object's box (separating axes over all pairs, O x O).
   min_box_distance_m: Euclidean distance to the nearest other box (0 when overlapping); exact for the
     `exact_neighbours` nearest boxes by separating-axis gap, which contain the true nearest one in practice.
@@ -31,6 +35,7 @@ from typing import Any
 
 import chex
 import flax.struct
+import jax
 import jax.numpy as jnp
 
 from shared.scenes import types
@@ -89,21 +94,36 @@ class StepMetrics:
   lat_accel_mps2: Any
 
 
-def _boxes(state: SimState, cfg: MetricsConfig, gap=None):
-  """overlap (O,), min_box_distance_m (O,); gap: the (O, O) separating-axis gaps if the caller has them."""
+def _rows_view(state: SimState, rows) -> SimState:
+  """state with every per-object array taken at `rows` (M,) (objects, logs, controlled, road candidates and their
+  cache), so per-object metrics run on M objects; rows None: state itself."""
+  if rows is None:
+    return state
+  take = lambda tree: jax.tree.map(lambda a: a[rows], tree)
+  return state.replace(objects=take(state.objects), scenario=state.scenario.replace(
+      objects=take(state.scenario.objects)), controlled=state.controlled[rows],
+      road_candidates=state.road_candidates[rows], road_cache=take(road_cache(state)))
+
+
+def _boxes(state: SimState, cfg: MetricsConfig, gap=None, rows=None):
+  """overlap (M,), min_box_distance_m (M,) of the objects `rows` (M,) against every object (rows None: every
+  object, M = O); gap: their (M, O) separating-axis gaps if the caller has them."""
   o, log = state.objects, state.scenario.objects
   n = o.x.shape[0]
+  take = (lambda a: a) if rows is None else (lambda a: a[rows])
+  boxes = (o.x, o.y, o.yaw, log.length, log.width)
   if gap is None:
-    gap = geometry.pairwise_sat_gap(o.x, o.y, o.yaw, log.length, log.width)
-  pair = o.valid[:, None] & o.valid[None, :] & ~jnp.eye(n, dtype=bool)
+    gap = geometry.pairwise_sat_gap(*boxes) if rows is None else geometry.sat_gap(tuple(map(take, boxes)), boxes)
+  other = ~jnp.eye(n, dtype=bool) if rows is None else jnp.arange(n)[None, :] != rows[:, None]
+  pair = take(o.valid)[:, None] & o.valid[None, :] & other
   gap = jnp.where(pair, gap, jnp.inf)
   overlap = jnp.any(gap < 0.0, 1)
   m = min(cfg.exact_neighbours, max(n - 1, 1))
-  nb, found = geometry.smallest_k(gap, m)  # (O, m) smallest gaps
-  corners = geometry.box_corners(o.x, o.y, o.yaw, log.length, log.width)  # (O, 4, 2)
-  exact = geometry.box_distance(corners[:, None], corners[nb], jnp.take_along_axis(gap, nb, 1) < 0.0)
+  nb, found = geometry.smallest_k(gap, m)  # (M, m) smallest gaps
+  corners = geometry.box_corners(*boxes)  # (O, 4, 2)
+  exact = geometry.box_distance(take(corners)[:, None], corners[nb], jnp.take_along_axis(gap, nb, 1) < 0.0)
   exact = jnp.where(found, exact, jnp.inf)
-  return overlap & o.valid, jnp.min(exact, 1)
+  return overlap & take(o.valid), jnp.min(exact, 1)
 
 
 def road_cache(state: SimState) -> geometry.CandidateCache:
@@ -193,26 +213,41 @@ def step_metrics(prev: SimState, state: SimState, cfg: MetricsConfig = MetricsCo
 
 
 def step_metrics_shared(prev: SimState, state: SimState, cfg: MetricsConfig = MetricsConfig(), gap=None):
-  """(StepMetrics, nearest (O,) int32): the metrics, plus each object's nearest logged step (the segment start of
-  its projection on its own logged path), which observations reuse for the route. gap: the (O, O) separating-axis
-  gaps of state's boxes when the caller computed them (shared with observations), else computed here."""
+  """(StepMetrics, nearest (O,) int32): the metrics of every object, plus each object's nearest logged step (the
+  segment start of its projection on its own logged path), which observations reuse for the route. gap: the (O, O)
+  separating-axis gaps of state's boxes when the caller computed them (shared with observations), else computed
+  here."""
+  return _step_metrics(prev, state, cfg, None, gap)
+
+
+def step_metrics_rows(prev: SimState, state: SimState, rows, cfg: MetricsConfig = MetricsConfig(), gap=None):
+  """(StepMetrics (M,) each, nearest (M,) int32) of the objects `rows` (M,) int32 alone: equal to those rows of
+  `step_metrics_shared`, at the cost of M objects (boxes are still checked against every object). gap: the (M, O)
+  separating-axis gaps of the rows' boxes to every box (geometry.sat_gap) when the caller has them."""
+  return _step_metrics(prev, state, cfg, rows, gap)
+
+
+def _step_metrics(prev: SimState, state: SimState, cfg: MetricsConfig, rows, gap):
   chex.assert_equal_shape([prev.objects.x, state.objects.x])
-  o, log = state.objects, state.scenario.objects
-  cache = road_cache(state)
-  overlap, box_d = _boxes(state, cfg, gap)
-  offroad, edge_d = _offroad(state, cfg, cache)
+  overlap, box_d = _boxes(state, cfg, gap, rows)
+  view = _rows_view(state, rows)  # per-object quantities of the rows alone
+  pview = prev if rows is None else prev.replace(objects=jax.tree.map(lambda a: a[rows], prev.objects),
+                                                 controlled=prev.controlled[rows])
+  o, log = view.objects, view.scenario.objects
+  cache = road_cache(view)
+  offroad, edge_d = _offroad(view, cfg, cache)
   route_d, progress, nearest = geometry.project_on_log_path(log, o.x, o.y)
   goal_d = jnp.hypot(o.x - log.goal_x, o.y - log.goal_y)
-  speed, accel, jerk, lat = _kinematics(prev, state, cfg)
-  red = _red_light_run(prev, state, cfg, cache)
-  stop = _stop_sign_violation(prev, state, speed, cfg, cache)
+  speed, accel, jerk, lat = _kinematics(pview, view, cfg)
+  red = _red_light_run(pview, view, cfg, cache)
+  stop = _stop_sign_violation(pview, view, speed, cfg, cache)
   v = o.valid
   return StepMetrics(
       valid=v, overlap=overlap, min_box_distance_m=box_d, offroad=offroad, road_edge_distance_m=edge_d,
       offroute=v & (route_d > cfg.offroute_distance_m), route_distance_m=route_d,
       goal_reached=v & (goal_d <= cfg.goal_radius_m), progress_m=jnp.where(v, progress, 0.0),
-      red_light_run=red & v & prev.objects.valid, stop_line_violation=stop & v & prev.objects.valid,
+      red_light_run=red & v & pview.objects.valid, stop_line_violation=stop & v & pview.objects.valid,
       speed_mps=speed, accel_mps2=accel, jerk_mps3=jerk, lat_accel_mps2=lat), nearest
 
 
-__all__ = ["MetricsConfig", "StepMetrics", "step_metrics", "step_metrics_shared"]
+__all__ = ["MetricsConfig", "StepMetrics", "step_metrics", "step_metrics_shared", "step_metrics_rows"]

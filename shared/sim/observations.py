@@ -151,7 +151,10 @@ def _agents(state: SimState, e: _Egos, cfg: ObsConfig, gap=None):
   k = min(cfg.num_agents, n)
   d = jnp.hypot(o.x[None, :] - e.x[:, None], o.y[None, :] - e.y[:, None])  # (M, O)
   ok = o.valid[r][:, None] & o.valid[None, :] & (jnp.arange(n) != r[:, None]) & (d <= cfg.max_agent_distance_m)
-  nb, mask = geometry.smallest_k(jnp.where(ok, d, jnp.inf), k)  # (M, k)
+  # lax.top_k beats k argmin passes here (k = 8); distances are >= +0, so ties (lower index first) and the
+  # order match geometry.smallest_k exactly.
+  neg, nb = jax.lax.top_k(-jnp.where(ok, d, jnp.inf), k)  # (M, k)
+  mask = jnp.isfinite(neg)
   c, s = e.cos[:, None], e.sin[:, None]
   rx, ry = _to_ego(o.x[nb] - e.x[:, None], o.y[nb] - e.y[:, None], c, s)
   vx, vy = _to_ego(o.vel_x[nb] - o.vel_x[r][:, None], o.vel_y[nb] - o.vel_y[r][:, None], c, s)
@@ -290,6 +293,14 @@ def controlled_rows(controlled, size: int):
   return rows, jnp.where(slot_ok, slot, 0).astype(jnp.int32), slot_ok
 
 
+def spread_rows(tree, slot, slot_ok):
+  """(M, ...) leaves -> (O, ...): each object gets its row `slot` (O,) where `slot_ok` (O,), else zeros (False)."""
+  def spread(a):
+    got = a[slot]
+    return jnp.where(slot_ok.reshape(slot_ok.shape + (1,) * (a.ndim - 1)), got, jnp.zeros_like(got))
+  return jax.tree.map(spread, tree)
+
+
 def observe_controlled(state: SimState, max_controlled: int, cfg: ObsConfig = ObsConfig(), gap=None,
                        nearest=None) -> Observation:
   """Observation (O, ...) with the rows of the controlled objects (at most max_controlled, the first in index
@@ -297,18 +308,20 @@ def observe_controlled(state: SimState, max_controlled: int, cfg: ObsConfig = Ob
   nearest (O,) are optional shared quantities for all objects (the env computes them for the metrics anyway).
   remaining_time is filled for every object, as in `observe`."""
   rows, slot, slot_ok = controlled_rows(state.controlled, max_controlled)
-  obs = observe_rows(state, rows, cfg, None if gap is None else gap[rows],
-                     None if nearest is None else nearest[rows])
+  return observe_spread(state, rows, slot, slot_ok, cfg, None if gap is None else gap[rows],
+                        None if nearest is None else nearest[rows])
+
+
+def observe_spread(state: SimState, rows, slot, slot_ok, cfg: ObsConfig = ObsConfig(), gap=None,
+                   nearest=None) -> Observation:
+  """observe_controlled from its `controlled_rows` (rows (M,), slot (O,), slot_ok (O,)); gap (M, O) and nearest
+  (M,) optional shared quantities of the rows (see observe_rows)."""
+  obs = observe_rows(state, rows, cfg, gap, nearest)
   T = state.scenario.objects.x.shape[1]
   remaining = (T - 1 - state.t).astype(jnp.float32) / (T - 1) * jnp.ones_like(state.objects.x)
-
-  def spread(a):  # (M, ...) -> (O, ...): gather each object's row, zero where it has none
-    got = a[slot]
-    return jnp.where(slot_ok.reshape(slot_ok.shape + (1,) * (a.ndim - 1)), got, jnp.zeros_like(got))
-
-  return jax.tree.map(spread, obs).replace(remaining_time=remaining[:, None])
+  return spread_rows(obs, slot, slot_ok).replace(remaining_time=remaining[:, None])
 
 
-__all__ = ["ObsConfig", "Observation", "observe", "observe_rows", "observe_controlled", "controlled_rows",
-           "observation_size", "flatten", "EGO_FEATURES", "AGENT_FEATURES", "ROAD_FEATURES", "LIGHT_FEATURES",
-           "ROAD_CLASSES"]
+__all__ = ["ObsConfig", "Observation", "observe", "observe_rows", "observe_controlled", "observe_spread",
+           "controlled_rows", "spread_rows", "observation_size", "flatten", "EGO_FEATURES", "AGENT_FEATURES",
+           "ROAD_FEATURES", "LIGHT_FEATURES", "ROAD_CLASSES"]
