@@ -86,14 +86,9 @@ def _label_ok(state, rows: rows_lib.Rows) -> jax.Array:
   return _flat(rows, jax.vmap(one)(state))
 
 
-def num_rows(cfg: env.EnvConfig, num_objects: int) -> int:
-  """M, the acting rows per scene (shared.algos.rows.num_rows)."""
-  return rows_lib.num_rows(cfg.control_mode, cfg.max_controlled, num_objects)
-
-
 def _reset_and_observe(scenario, rng, cfg: env.EnvConfig):
   state = env.reset_batch(scenario, rng, cfg)
-  rows = rows_lib.acting_rows(state.controlled, num_rows(cfg, scenario.objects.x.shape[1]))
+  rows = rows_lib.env_rows(state.controlled, cfg)
   return state, row_features(rows, jax.vmap(lambda x: env.observe(x, cfg))(state)), rows
 
 

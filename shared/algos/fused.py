@@ -112,7 +112,7 @@ def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, r
   ecfg = cfg.env
   k_reset, k_roll = jax.random.split(rng)
   state = env.reset_batch(scenarios, k_reset, ecfg)
-  rows = rows_lib.acting_rows(state.controlled, acting_rows_for(ecfg, scenarios.objects.x.shape[1]))
+  rows = rows_lib.env_rows(state.controlled, ecfg)
   obs0 = rows.gather(as_net_input(jax.vmap(lambda s: env.observe(s, ecfg))(state)))
   num_steps = cfg.steps_for(scenarios.objects.x.shape[-1])
   expert_act = _expert_act(agent, ecfg)
@@ -160,11 +160,6 @@ def to_demonstration(c: Collected) -> bc_update.Demonstration:
   steps = c.reward.shape[0]
   return bc_update.Demonstration(obs=jax.tree.map(lambda x: x[:steps], c.obs), actions=c.factors, reward=c.reward,
                                  terminated=c.terminated, mask=c.label_ok.astype(jnp.float32))
-
-
-def acting_rows_for(cfg: env.EnvConfig, num_objects: int) -> int:
-  """M, the policy's rows per scene in this environment (shared.algos.rows.num_rows)."""
-  return rows_lib.num_rows(cfg.control_mode, cfg.max_controlled, num_objects)
 
 
 def sample_scenes(pool: types.Scenario, num: int, rng: Array) -> types.Scenario:

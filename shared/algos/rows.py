@@ -5,7 +5,7 @@ A scene holds O object slots (padded; real scenes up to ~100, synthetic 32) of w
 on every object slot wastes O / M of the work on rows whose mask is zero (128x for a single controlled car in a
 128-slot scene). `Rows` maps between the two layouts, once per episode (the controlled set is fixed at reset):
 
-  rows = acting_rows(state.controlled, num_rows(cfg, O))      # state.controlled (B, O) bool
+  rows = env_rows(state.controlled, cfg)                     # state.controlled (B, O) bool, cfg an EnvConfig
   obs_m = rows.gather(obs)                                    # leaves (B, O, ...) -> (B, M, ...), zero on empty rows
   grid_o = rows.scatter(grid_m)                               # (B, M, ...) -> (B, O, ...), zero off the rows
 
@@ -69,4 +69,14 @@ def num_rows(control_mode: str, max_controlled: int, num_objects: int) -> int:
   return 1 if control_mode == "sdc" else min(int(max_controlled), int(num_objects))
 
 
-__all__ = ["Rows", "acting_rows", "num_rows"]
+def env_num_rows(cfg, num_objects: int) -> int:
+  """M for an EnvConfig (its control_mode and max_controlled) and O object slots."""
+  return num_rows(cfg.control_mode, cfg.max_controlled, num_objects)
+
+
+def env_rows(controlled: jax.Array, cfg) -> Rows:
+  """Rows of controlled (B, O) under an EnvConfig: acting_rows with M = env_num_rows(cfg, O)."""
+  return acting_rows(controlled, env_num_rows(cfg, controlled.shape[-1]))
+
+
+__all__ = ["Rows", "acting_rows", "env_num_rows", "env_rows", "num_rows"]

@@ -150,7 +150,7 @@ def _evaluate(policy: Policy, params, scenarios, cfg: env.EnvConfig, ep_cfg: epi
   else:
     follows_log, act = False, policy.make_act(params)
     if policy.on_rows:
-      act = _on_rows(act, rows_lib.num_rows(cfg.control_mode, cfg.max_controlled, scenarios.objects.x.shape[1]))
+      act = _on_rows(act, rows_lib.env_num_rows(cfg, scenarios.objects.x.shape[1]))
   evaluated = jax.vmap(lambda sc, c: evaluated_mask(sc, c, follows_log, cfg))(scenarios, state.controlled)
   state = state.replace(controlled=state.controlled & jnp.logical_not(follows_log))
   aux = None if policy.aux_fn is None else jax.vmap(policy.aux_fn)(scenarios)
