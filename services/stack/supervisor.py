@@ -106,10 +106,17 @@ def jax_cache_dir() -> str:
   return os.path.join(base, "drivelab", "jax")
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+  """n distinct free ports: all n sockets stay bound until every port is read, so the kernel cannot hand out the
+  same port twice (one port per call, closed in between, did: two children once shared a metrics port in CI)."""
+  socks = [socket.socket() for _ in range(n)]
+  try:
+    for s in socks:
+      s.bind(("127.0.0.1", 0))
+    return [int(s.getsockname()[1]) for s in socks]
+  finally:
+    for s in socks:
+      s.close()
 
 
 def _port_free(port: int) -> bool:
@@ -136,7 +143,8 @@ def plan(cfg: StackConfig) -> list[Child]:
   """Binders first, then the scaled services."""
   names = [("learner", 1), ("replay", 1), ("broker", 1), ("inference", cfg.inference),
            ("simulator", cfg.simulators), ("scene_loader", cfg.scene_loaders), ("evaluator", int(cfg.evaluator))]
-  return [Child(f"{svc}-{i}", svc, free_port()) for svc, n in names for i in range(n)]
+  slots = [(svc, i) for svc, n in names for i in range(n)]
+  return [Child(f"{svc}-{i}", svc, port) for (svc, i), port in zip(slots, free_ports(len(slots)))]
 
 
 class Supervisor:
