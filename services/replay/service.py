@@ -26,6 +26,7 @@ import numpy as np
 from services.common import runtime
 from services.replay import config as config_lib
 from shared.replay import buffers
+from shared.wire import arena as arena_lib
 from shared.wire import codec, flow
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,17 @@ def to_item(msg: codec.Message) -> dict[str, np.ndarray]:
 
 
 def to_batch_arrays(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """(K, T, B, ...) per array -> (T, K * B, ...): the K trajectories side by side."""
-  out = {}
+  """(K, T, B, ...) per array -> (T, K * B, ...): the K trajectories side by side. For K > 1 that is a copy, made
+  into one wire arena (shared.wire.arena) so the ReplayBatch goes out as one zero-copy frame; for K = 1, views."""
+  sample = {k: np.asarray(v) for k, v in sample.items() if k != VERSION_KEY}
+  shape = lambda v: (v.shape[1], v.shape[0] * v.shape[2]) + v.shape[3:]
+  if not sample or next(iter(sample.values())).shape[0] == 1:
+    return {k: v.reshape(shape(v)) for k, v in sample.items()}
+  arena = arena_lib.Arena({k: (shape(v), v.dtype) for k, v in sample.items()})
   for k, v in sample.items():
-    if k == VERSION_KEY:
-      continue
-    v = np.swapaxes(np.asarray(v), 0, 1)
-    out[k] = v.reshape((v.shape[0], v.shape[1] * v.shape[2]) + v.shape[3:])
-  return out
+    out = arena[k]
+    np.copyto(out.reshape((v.shape[1], v.shape[0]) + v.shape[2:]), np.swapaxes(v, 0, 1))
+  return dict(arena.arrays)
 
 
 class Replay:

@@ -36,6 +36,7 @@ from shared.algos import rows as rows_lib
 from shared.scenes import types
 from shared.sim import actions as actions_lib
 from shared.sim import env, episode, inverse, rollout
+from shared.wire import arena as arena_lib
 
 Record = dict[str, Any]
 
@@ -227,8 +228,9 @@ class Engine:
 
 
 def stack_records(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Per-step records (B, ...) -> (T, B, ...)."""
-  return {k: np.stack([r[k] for r in records]) for k in records[0]}
+  """Per-step records (B, ...) -> (T, B, ...), stacked into one wire arena (shared.wire.arena): the copy np.stack
+  would make anyway, after which the whole Trajectory goes out as one zero-copy frame."""
+  return dict(arena_lib.Arena.stack(records).arrays)
 
 
 def make_evaluate(cfg: env.EnvConfig, num_steps: int, pn: policy_net.PolicyNet) -> Callable:

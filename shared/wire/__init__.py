@@ -3,5 +3,6 @@
 Never imports jax (services that only move bytes stay light).
 """
 
-from shared.wire import codec, flow, registry, schemas, transport
+from shared.wire import arena, codec, flow, registry, schemas, transport
+from shared.wire.arena import Arena
 from shared.wire.codec import DecodeError, Limits, Message, decode, encode

@@ -7,9 +7,11 @@ Wire format "drivelab/2" (what `encode` writes). Frame 0 is a msgpack map:
                               [name, dtype, shape, frame, offset, nbytes]]  # bytes [offset, offset+nbytes) of a
                                                                             # *packed* frame
   }
-Arrays of `ZERO_COPY_MIN_BYTES` (64 KiB) or more get a frame of their own, sent zero-copy. All smaller arrays share
-ONE packed frame (the last), each at an offset that is a multiple of `PACK_ALIGN` (8, the largest itemsize, so
-every array is viewed in place), in message order, zero bytes between them, none after the last. Array bytes are
+Views of a `shared.wire.arena.Arena` go first: the arena's whole buffer is one packed frame (see arena.py for when).
+Other arrays of `ZERO_COPY_MIN_BYTES` (64 KiB) or more get a frame of their own, sent zero-copy. All smaller arrays
+share ONE packed frame (the last). In a packed frame every array sits at an offset that is a multiple of
+`PACK_ALIGN` (8, the largest itemsize, so every array is viewed in place), arrays never overlap, and the last one
+ends the frame (the encoder leaves only alignment padding between them). Array bytes are
 C order, little-endian (dtype strings such as "<f4", "|b1"). A frame is either whole (one 4-element descriptor)
 or packed (6-element ones), never both. The descriptor block is bin so a receiver can validate each distinct
 layout once and recognise it by its bytes afterwards (`framing.parse_arrays`).
@@ -38,6 +40,7 @@ from typing import Any, Sequence
 import msgpack
 import numpy as np
 
+from shared.wire import arena as arena_lib
 from shared.wire import framing
 from shared.wire.framing import (ALLOWED_DTYPES, HEADER_KEYS, MAGIC, MAGIC_V1, PACK_ALIGN,  # noqa: F401 (API)
                                  WIRE_DTYPE_STR, ZERO_COPY_MIN_BYTES, DecodeError, Limits)
@@ -89,11 +92,35 @@ def _wire_array(a: Any) -> tuple[np.ndarray, str]:
   return np.asarray(a, order="C"), s  # not ascontiguousarray: it turns 0-d arrays into 1-d
 
 
-def encode(msg: Message) -> list:
-  """Message -> [header bytes, one frame per large array (the array itself), packed frame of the small ones].
-  Raises TypeError for a dtype outside the allow-list."""
-  descs, frames, small, packed, off = [], [b""], [], [], 0
+def _arena_frames(msg: Message, frames: list) -> dict[str, list]:
+  """Appends to `frames` the arena buffers (shared.wire.arena) that go whole; name -> its packed descriptor."""
+  groups: dict[int, list] = {}
   for name, arr in msg.arrays.items():
+    if type(arr) is np.ndarray and type(arr.base) is arena_lib.ArenaBuffer:
+      groups.setdefault(id(arr.base), []).append((name, arr))
+  out = {}
+  for members in groups.values():
+    whole = arena_lib.frame_of(members)
+    if whole is None:
+      continue  # sliced or partial views: the ordinary way below
+    idx = len(frames)
+    frames.append(whole[0])
+    for name, a, off in whole[1]:
+      out[name] = [name, WIRE_DTYPE_STR[a.dtype], a.shape, idx, off, a.nbytes]
+  return out
+
+
+def encode(msg: Message) -> list:
+  """Message -> [header bytes, one frame per whole arena buffer, one frame per other large array (the array
+  itself), packed frame of the small ones]. Raises TypeError for a dtype outside the allow-list."""
+  descs, frames, small, packed, off = [], [b""], [], [], 0
+  in_arena = _arena_frames(msg, frames) if msg.arrays else {}
+  for name, arr in msg.arrays.items():
+    if in_arena:
+      d = in_arena.get(name)
+      if d is not None:
+        descs.append(d)
+        continue
     a, dstr = _wire_array(arr)
     n = a.nbytes
     if n >= ZERO_COPY_MIN_BYTES:

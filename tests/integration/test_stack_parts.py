@@ -21,9 +21,11 @@ from services.inference import config as inference_config, service as inference_
 from services.common import policy_net
 from services.replay import service as replay_service
 from services.simulator import config as sim_config
+from services.simulator import engine as engine_lib
+from services.simulator import service as simulator_service
 from services.stack import supervisor
 from shared.sim import episode
-from shared.wire import schemas, transport
+from shared.wire import codec, schemas, transport
 
 
 def test_config_env_then_cli_precedence_and_endpoints():
@@ -48,6 +50,21 @@ def test_replay_batch_puts_trajectories_side_by_side():
   assert out["action"].tolist() == [[0, 1, 100, 101], [10, 11, 110, 111], [20, 21, 120, 121]]
   assert out["obs/flat"].shape == (3, 4, 5)
   assert replay_service.VERSION_KEY not in out
+  # K > 1 is a copy anyway: made into one wire arena, so the batch goes out as one frame after the header
+  assert len(codec.encode(codec.Message("ReplayBatch", 2, "r", 0, 0, {"table": "trajectories"}, out))) == 2
+  one = replay_service.to_batch_arrays({k: v[:1] for k, v in sample.items()})  # K = 1: views, no copy
+  assert one["action"].tolist() == [[0, 1], [10, 11], [20, 21]]
+
+
+def test_service_path_trajectory_goes_as_one_frame():
+  records = [{"obs": np.full((2, 5), t, np.float32), "action": np.full(2, t, np.int32), "valid": np.ones(2, bool),
+              "done": np.zeros(2, bool), "reward": np.zeros(2, np.float32), "log_prob": np.zeros(2, np.float32),
+              "value": np.zeros(2, np.float32), "terminated": np.zeros(2, bool)} for t in range(3)]
+  rec = engine_lib.stack_records(records)
+  assert rec["obs"][:, 0, 0].tolist() == [0.0, 1.0, 2.0] and rec["action"].shape == (3, 2)
+  arrays = simulator_service.trajectory_arrays(rec, np.zeros((2, 5), np.float32))
+  frames = codec.encode(schemas.make("Trajectory", "s", 0, arrays=arrays, params_version=0, env_steps=6))
+  assert len(frames) == 3  # header, the stacked records (one arena), the bootstrap features (packed)
 
 
 def test_evaluator_flattens_episode_summary():

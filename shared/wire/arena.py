@@ -1,0 +1,103 @@
+"""One buffer holding several arrays of a message, so the whole batch goes out as ONE zero-copy frame.
+
+Every zero-copy frame costs pyzmq a hand-off to its garbage-collector thread (which then takes the GIL) once
+libzmq is done with it, and costs the receiver one more zmq.Frame; a batch of several large arrays paid that per
+array. A producer that already copies its batch together (stacking per-step records, gathering replay samples)
+can copy into an `Arena` instead, at no extra cost: its arrays are views at 8-byte aligned offsets of one uint8
+buffer, and `codec.encode` sends that buffer as one packed frame (the drivelab/2 packed layout, so decoders need
+nothing new).
+
+  arena = Arena({"obs/flat": ((T, B, F), np.float32), "action": ((T, B), np.int32)})
+  np.stack(obs_steps, out=arena["obs/flat"])           # fill the views in place
+  msg = schemas.make("Trajectory", ..., arrays=arena.arrays)
+
+A message may mix arena views with ordinary arrays, and may name the views as it likes. `encode` sends the arena
+buffer whole only when the message's arena views are the arena's own (not slices of them), none twice, and the
+last one ends the buffer (else those arrays
+go the ordinary way, copied or one frame each, so a sliced view never drags its whole buffer onto the wire).
+Like any zero-copy array, an arena must not be written to after it was sent: allocate one per message.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from shared.wire import framing
+
+
+class ArenaBuffer(np.ndarray):
+  """The uint8 buffer behind an Arena (a marker type: `codec.encode` recognises views of it by their `.base`).
+  `arena` is the Arena that owns it."""
+
+  arena: "Arena"
+
+
+class Arena:
+  """Arrays laid out back to back (each at a multiple of `framing.PACK_ALIGN`) in one buffer.
+
+  Attributes:
+    arrays: name -> writable C-contiguous view, in the order given.
+    offsets: name -> byte offset of that view in `buffer`.
+    buffer: the ArenaBuffer (uint8, 1-D) of exactly the bytes the views span.
+  """
+
+  def __init__(self, specs: Mapping[str, tuple[tuple[int, ...], "np.typing.DTypeLike"]]):
+    layout, off = [], 0
+    for name, (shape, dtype) in specs.items():
+      dt = np.dtype(dtype)
+      if dt.str not in framing.ALLOWED_DTYPES:
+        raise TypeError(f"{name}: dtype {dt} not allowed on the wire")
+      off += -off % framing.PACK_ALIGN
+      shape = tuple(int(s) for s in shape)
+      layout.append((name, shape, dt, off))
+      off += int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    self.buffer = ArenaBuffer((off,), np.uint8)  # owns its memory: every view's .base is this very object
+    self.buffer.arena = self
+    self.offsets = {name: o for name, _, _, o in layout}
+    self.arrays = {name: np.ndarray(shape, dt, buffer=self.buffer, offset=o) for name, shape, dt, o in layout}
+    self.nbytes = off
+    # id -> (view, offset): the views live as long as the arena, so their ids cannot be reused meanwhile
+    self.by_id = {id(a): (a, self.offsets[name]) for name, a in self.arrays.items()}
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    return self.arrays[name]
+
+  @classmethod
+  def like(cls, arrays: Mapping[str, np.ndarray]) -> "Arena":
+    """An arena with room for arrays shaped like these (not filled)."""
+    return cls({k: (np.shape(v), np.asarray(v).dtype) for k, v in arrays.items()})
+
+  @classmethod
+  def stack(cls, records: list[Mapping[str, np.ndarray]]) -> "Arena":
+    """Per-step records (each name -> (B, ...)) stacked to (T, B, ...) straight into one arena (one copy, as
+    np.stack would make)."""
+    first = records[0]
+    arena = cls({k: ((len(records),) + np.shape(v), np.asarray(v).dtype) for k, v in first.items()})
+    for k, out in arena.arrays.items():
+      np.stack([r[k] for r in records], out=out)
+    return arena
+
+
+def frame_of(arrays: list[tuple[str, np.ndarray]]) -> tuple[ArenaBuffer, list[tuple[str, np.ndarray, int]]] | None:
+  """(buffer, [(name, view, offset)]) when `arrays` (all views of one ArenaBuffer) can be sent as that buffer
+  whole: each is one of the arena's own views (whatever its name here), none twice, and the last of them ends the
+  buffer. None otherwise."""
+  buf = arrays[0][1].base
+  by_id = buf.arena.by_id
+  out, seen = [], set()
+  for name, a in arrays:
+    hit = by_id.get(id(a))
+    if hit is None or hit[0] is not a or id(a) in seen:
+      return None
+    seen.add(id(a))
+    out.append((name, a, hit[1]))
+  out.sort(key=lambda r: r[2])
+  last = out[-1]
+  if last[2] + last[1].nbytes != buf.nbytes:
+    return None
+  return buf, out
+
+
+__all__ = ["Arena", "ArenaBuffer", "frame_of"]
