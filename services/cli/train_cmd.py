@@ -39,6 +39,8 @@ def register(subparsers) -> None:
   p.add_argument("--pretrain-steps", type=int, default=None, help="agent steps of BC pretraining (default --steps)")
   p.add_argument("--run-dir", default="runs/train", help="outputs and checkpoints; reruns resume from here")
   p.add_argument("--agents", default="all", help="sdc | all | N controlled agents per scene")
+  p.add_argument("--at-goal", default="stop", help="stop (the episode ends at the goal) or drive-on (no goal done "
+                 "signal: paper 002's setting, whose Table 2 progress ratio a goal stop caps below 1)")
   p.add_argument("--net", choices=NETS, default="mlp")
   p.add_argument("--preset", choices=PRESETS, default="small", help="network size")
   p.add_argument("--scenes-per-iter", type=int, default=4, help="scenes simulated per iteration")
@@ -84,11 +86,12 @@ def make_agent(net: str, preset: str):
   return agent_lib.make_agent(actor_critic.preset(preset, net), grid)
 
 
-def train_env_config(agents: str):
-  """The training environment for an --agents value (done signals on); raises ValueError on a bad value."""
+def train_env_config(agents: str, at_goal: str = "stop"):
+  """The training environment for an --agents value (failure done signals on) and an --at-goal value (see
+  eval_cmd.env_config_for); raises ValueError on a bad value."""
   from services.cli import eval_cmd
 
-  return eval_cmd.env_config_for(agents)
+  return eval_cmd.env_config_for(agents, at_goal)
 
 
 def fused_config(args, algo: str, env_cfg, ppo_loss=None):
@@ -146,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
   console = Console()
   try:
-    env_cfg = train_env_config(args.agents)
+    env_cfg = train_env_config(args.agents, args.at_goal)
     scene_cfg = scenes_io.caps_from_args(args)
     if args.steps < 1 or args.scenes_per_iter < 1 or args.eval_every < 0:
       raise ValueError("need --steps >= 1, --scenes-per-iter >= 1 and --eval-every >= 0")
@@ -165,7 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
   train_scenes, held_scenes = [scenarios[i] for i in train_idx], [scenarios[i] for i in held]
   os.makedirs(args.run_dir, exist_ok=True)
   agent = make_agent(args.net, args.preset)
-  meta = {"net": args.net, "preset": args.preset, "agents": args.agents, "algo": args.algo, "pretrain": args.pretrain,
+  meta = {"net": args.net, "preset": args.preset, "agents": args.agents, "at_goal": args.at_goal, "algo": args.algo,
+          "pretrain": args.pretrain,
           "source": source, "caps": dataclasses.asdict(scene_cfg)}
   with open(os.path.join(args.run_dir, "policy.json"), "w") as f:
     json.dump(meta, f, indent=1)

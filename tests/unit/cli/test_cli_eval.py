@@ -54,6 +54,7 @@ def test_report_command(evaluated, capsys):
 @pytest.mark.parametrize("argv", [
     ["eval", "nonsense", "--scenes", "synthetic"],
     ["eval", "log", "--scenes", "synthetic", "--agents", "65"],
+    ["eval", "log", "--scenes", "synthetic", "--at-goal", "park"],
     ["eval", "log", "--scenes", "/nonexistent/folder"],
     ["report", "/nonexistent/run"],
 ])
@@ -72,3 +73,11 @@ def test_agents_flag():
   assert eval_cmd.env_config_for("12").max_controlled == 12
   with pytest.raises(ValueError):
     eval_cmd.env_config_for("0")
+
+
+def test_at_goal_flag():
+  assert eval_cmd.env_config_for("sdc").stop_at_goal is True
+  assert eval_cmd.env_config_for("sdc", "drive-on").stop_at_goal is False
+  assert eval_cmd.env_config_for("12", "drive-on").stop_at_goal is False
+  with pytest.raises(ValueError, match="at-goal"):
+    eval_cmd.env_config_for("sdc", "park")
