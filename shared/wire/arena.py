@@ -20,6 +20,7 @@ Like any zero-copy array, an arena must not be written to after it was sent: all
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -44,22 +45,19 @@ class Arena:
   """
 
   def __init__(self, specs: Mapping[str, tuple[tuple[int, ...], "np.typing.DTypeLike"]]):
-    layout, off = [], 0
-    for name, (shape, dtype) in specs.items():
-      dt = np.dtype(dtype)
-      if dt.str not in framing.ALLOWED_DTYPES:
-        raise TypeError(f"{name}: dtype {dt} not allowed on the wire")
-      off += -off % framing.PACK_ALIGN
-      shape = tuple(int(s) for s in shape)
-      layout.append((name, shape, dt, off))
-      off += int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    self.buffer = ArenaBuffer((off,), np.uint8)  # owns its memory: every view's .base is this very object
+    key = tuple((name, tuple(int(d) for d in shape), np.dtype(dtype).str) for name, (shape, dtype) in specs.items())
+    plan = _PLANS.get(key)
+    if plan is None:
+      plan = _plan(key)
+    self.plan = plan
+    self.buffer = ArenaBuffer((plan.nbytes,), np.uint8)  # owns its memory: every view's .base is this very object
     self.buffer.arena = self
-    self.offsets = {name: o for name, _, _, o in layout}
-    self.arrays = {name: np.ndarray(shape, dt, buffer=self.buffer, offset=o) for name, shape, dt, o in layout}
-    self.nbytes = off
+    self.offsets = plan.offsets
+    self.arrays = {name: np.ndarray(shape, dt, buffer=self.buffer, offset=o) for name, shape, dt, o in plan.rows}
+    self.nbytes = plan.nbytes
     # id -> (view, offset): the views live as long as the arena, so their ids cannot be reused meanwhile
     self.by_id = {id(a): (a, self.offsets[name]) for name, a in self.arrays.items()}
+    self.views = list(self.arrays.values())
 
   def __getitem__(self, name: str) -> np.ndarray:
     return self.arrays[name]
@@ -78,6 +76,44 @@ class Arena:
     for k, out in arena.arrays.items():
       np.stack([r[k] for r in records], out=out)
     return arena
+
+
+class Plan:
+  """The layout shared by every arena of the same specs (arenas are made per message; the layout is not).
+
+  Attributes:
+    rows: (name, shape, dtype, offset) per array, in order.
+    offsets: name -> byte offset.
+    nbytes: buffer size.
+    descs: per array, (dtype string, shape, offset, nbytes): the packed descriptor less its name and frame.
+    blobs: `codec.encode`'s memo of the packed descriptor block, per (names, frame index).
+  """
+
+  def __init__(self, key: tuple):
+    self.rows, off = [], 0
+    for name, shape, dstr in key:
+      if dstr not in framing.ALLOWED_DTYPES:
+        raise TypeError(f"{name}: dtype {np.dtype(dstr)} not allowed on the wire")
+      dt = np.dtype(dstr)
+      off += -off % framing.PACK_ALIGN
+      self.rows.append((name, shape, dt, off))
+      off += math.prod(shape) * dt.itemsize
+    self.nbytes = off
+    self.offsets = {name: o for name, _, _, o in self.rows}
+    self.descs = [(dt.str, list(shape), o, math.prod(shape) * dt.itemsize) for _, shape, dt, o in self.rows]
+    self.blobs: dict[tuple, bytes] = {}
+
+
+_PLANS: dict[tuple, Plan] = {}
+_MAX_PLANS = 256
+
+
+def _plan(key: tuple) -> Plan:
+  plan = Plan(key)
+  if len(_PLANS) >= _MAX_PLANS:  # bounded whatever shapes producers use
+    _PLANS.clear()
+  _PLANS[key] = plan
+  return plan
 
 
 def frame_of(arrays: list[tuple[str, np.ndarray]]) -> tuple[ArenaBuffer, list[tuple[str, np.ndarray, int]]] | None:
@@ -100,4 +136,4 @@ def frame_of(arrays: list[tuple[str, np.ndarray]]) -> tuple[ArenaBuffer, list[tu
   return buf, out
 
 
-__all__ = ["Arena", "ArenaBuffer", "frame_of"]
+__all__ = ["Arena", "ArenaBuffer", "Plan", "frame_of"]
