@@ -15,17 +15,24 @@ becoming a select that would pay for it every step.
 Observations, metrics and road-candidate refreshes are computed for the controlled objects only, the scene's
 "rows" (at most max_controlled, listed by observations.controlled_rows): cost grows with max_controlled, not with
 the scene's object count. Observations and metrics are returned as (O, ...) with zero (False) rows for every other
-object, and their candidates are left as they were; rewards, done signals and the evaluator read controlled
-objects only. The rows' box gaps (M, O) against every box and their log-path projections are computed once per
-step for both. A scene with no controlled object (log replay: the evaluator's "log" policy scores replayed
+object (spread by a scatter of the rows), and their candidates are left as they were; rewards, done signals and the
+evaluator read controlled objects only. The rows' box gaps (M, O) against every box and their log-path projections
+are computed once per step for both, and so are (cos, sin) of every yaw, outside the branches (inside, XLA on CPU
+fuses them into the (M, O) and (M, 4, 2K) loops and evaluates them per element). Rows past the scene's controlled
+count (padding) are masked out of the top_k searches (agents, candidate refresh), whose CPU cost grows with the
+finite entries. Each refresh also gathers the candidates' stop-lane directions per traffic light (the red-light
+metric's (M, L, K) search) into the cache, as they depend on the candidates and the static stop points only.
+A scene with no controlled object (log replay: the evaluator's "log" policy scores replayed
 objects) or more than max_controlled of them (hand-built states) gets everything for every object instead, as
 before; `lax.cond` picks the branch per step (in `step_batch`: the rows branch when every scene of the batch has
 1..max_controlled controlled objects, else every object, with the rows-only scenes' other rows zeroed as usual).
 Metrics of controlled objects are the same either way (tests/unit/sim/test_sim_rows.py checks both branches
-against metrics.step_metrics of every object). EnvConfig.row_buckets adds rows branches of fewer rows (e.g. 16,
-32, 48 under 64): a step then pays for the smallest that holds the batch's largest controlled count, at one more
-compiled branch each (measured at batch 16 on 2 shared cores: 18 vs 24 ms per step on the real scenes, whose
-scenes have up to 40 controlled; compile 66 vs 29 s). Off by default.
+against metrics.step_metrics of every object). EnvConfig.rows_only drops that every-object fallback for callers
+that promise 1..max_controlled controlled objects per scene (training, benchmarks): same step, shorter compile (the
+bench's batch-16 rollout on 2 shared cores: 11-13 s against 16-17 s). EnvConfig.row_buckets adds rows branches of
+fewer rows (e.g. 16, 32, 48 under 64): a step then pays for the smallest that holds the batch's largest controlled
+count, at one more compiled branch each (measured at batch 16 on 2 shared cores, before the changes above: 18 vs
+24 ms per step on the real scenes, whose scenes have up to 40 controlled; compile 66 vs 29 s). Off by default.
 
 Shapes: one scene has O objects; StepOutput arrays are (O, ...); batched functions add a leading B axis.
 """
@@ -68,6 +75,11 @@ class EnvConfig:
     row_buckets: smaller row counts (besides max_controlled) the step may compute for: each step takes the
       smallest that holds the batch's largest controlled count (one compiled branch per size; see the module
       docstring). Results do not depend on it; cost and compile time do.
+    rows_only: promise that every scene stepped has 1..max_controlled controlled objects (training and benchmarks
+      with reset's controlled sets; not log replay): the step then compiles the rows branches alone, without the
+      every-object fallback (a quarter to a third less compile time). A scene that breaks the promise gets zero
+      metrics and observations for all but its first max_controlled controlled objects (none at all when nothing
+      is controlled) instead of the fallback's.
   """
 
   dynamics: dynamics.DynamicsConfig = dynamics.DynamicsConfig()
@@ -85,6 +97,7 @@ class EnvConfig:
   candidate_refresh_steps: int = 10
   num_road_candidates: int = 64
   row_buckets: tuple[int, ...] = ()
+  rows_only: bool = False
 
   def __post_init__(self):
     if not 1 <= self.max_controlled <= 64:
@@ -127,7 +140,8 @@ def refresh_candidates(state: SimState, cfg: EnvConfig) -> SimState:
   ahead = 0.5 * cfg.candidate_refresh_steps * cfg.dynamics.dt
   cand = geometry.nearest_road_points(state.scenario.roads, o.x + o.vel_x * ahead, o.y + o.vel_y * ahead,
                                       cfg.num_road_candidates, index=state.road_index)
-  cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cfg.num_road_candidates))
+  cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cfg.num_road_candidates),
+                                   state.scenario.lights)
   return state.replace(road_candidates=cand, road_cache=cache)
 
 
@@ -137,9 +151,15 @@ def _refresh_rows(state: SimState, cfg: EnvConfig, rows, slot, slot_ok) -> SimSt
   o = state.objects
   ahead = 0.5 * cfg.candidate_refresh_steps * cfg.dynamics.dt
   qx, qy = (o.x + o.vel_x * ahead)[rows], (o.y + o.vel_y * ahead)[rows]
-  cand = geometry.nearest_road_points(state.scenario.roads, qx, qy, cfg.num_road_candidates, index=state.road_index)
-  cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cfg.num_road_candidates))
-  keep = lambda new, old: jnp.where(slot_ok.reshape(slot_ok.shape + (1,) * (old.ndim - 1)), new[slot], old)
+  real = jnp.arange(rows.shape[0]) < jnp.sum(slot_ok.astype(jnp.int32))  # rows past the controlled: padding
+  cand = geometry.nearest_road_points(state.scenario.roads, qx, qy, cfg.num_road_candidates, index=state.road_index,
+                                      query_ok=real)
+  cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cfg.num_road_candidates),
+                                   state.scenario.lights)
+  # Rows are scattered into the old arrays (padding rows out of bounds, dropped), not gathered per object: XLA on
+  # CPU fuses the rows' computation into such a gather and redoes it per object.
+  target = jnp.where(real, rows, slot.shape[0])
+  keep = lambda new, old: old.at[target].set(new, mode="drop", unique_indices=True)
   return state.replace(road_candidates=keep(cand, state.road_candidates),
                        road_cache=jax.tree.map(keep, cache, state.road_cache))
 
@@ -235,33 +255,42 @@ def _ended(prev: SimState, state: SimState, m: metrics.StepMetrics, cfg: EnvConf
   return state.replace(done=done, goal_reached=goal_reached), reward, done, truncated
 
 
-def _finish(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool) -> tuple[SimState, StepOutput]:
+def _finish(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool,
+            trig=None) -> tuple[SimState, StepOutput]:
   """Metrics, done flags, reward and observation of the transition prev -> state.
 
   rows_only (static): compute for the scene's controlled objects alone (M = max_controlled rows, see
   observations.controlled_rows; every other row of obs and metrics zero), which needs 1..max_controlled controlled
   objects; else for every object, zeroing the rows of objects not controlled where the scene has 1..max_controlled
   controlled (so both branches return the same thing for such scenes). The box gaps ((M, O) or (O, O)) and the
-  projections on the logged paths are computed once and shared by the metrics and the observations.
+  projections on the logged paths are computed once and shared by the metrics and the observations; so are trig,
+  (cos, sin) (O,) of state's yaws (computed here when None; _step_branches passes them in from outside its
+  branches, where XLA on CPU cannot fuse cos and sin into the (M, O) loops that read them).
   """
   o, log = state.objects, state.scenario.objects
   rows, slot, slot_ok, scene_rows_only = _rows(prev, cfg)
   boxes = (o.x, o.y, o.yaw, log.length, log.width)
+  trig = _trig(state) if trig is None else trig
   if rows_only:
-    gap = geometry.sat_gap(tuple(b[rows] for b in boxes), boxes)  # (M, O)
-    m_rows, nearest = metrics.step_metrics_rows(prev, state, rows, cfg.metrics, gap)
+    gap = geometry.sat_gap(tuple(b[rows] for b in boxes), boxes, tuple(a[rows] for a in trig), trig)  # (M, O)
+    m_rows, nearest = metrics.step_metrics_rows(prev, state, rows, cfg.metrics, gap, trig)
     m = observations.spread_rows(m_rows, slot, slot_ok)
   else:
-    gap = geometry.pairwise_sat_gap(*boxes)  # (O, O)
-    m, nearest = metrics.step_metrics_shared(prev, state, cfg.metrics, gap)
+    gap = geometry.sat_gap(boxes, boxes, trig, trig)  # (O, O)
+    m, nearest = metrics.step_metrics_shared(prev, state, cfg.metrics, gap, trig)
     keep = ~scene_rows_only | slot_ok
     m = jax.tree.map(lambda a: jnp.where(keep, a, jnp.zeros_like(a)), m)
     gap, nearest = gap[rows], nearest[rows]
   state, reward, done, truncated = _ended(prev, state, m, cfg)
-  obs = observations.observe_spread(state, rows, slot, slot_ok, cfg.obs, gap, nearest)
+  obs = observations.observe_spread(state, rows, slot, slot_ok, cfg.obs, gap, nearest, trig)
   out = StepOutput(obs=obs, reward=reward.astype(jnp.float32), done=done,
                    truncated=truncated, metrics=m, controlled=prev.controlled, objects=state.objects)
   return state, out
+
+
+def _trig(state: SimState):
+  """(cos, sin) (O,) of every object's yaw."""
+  return jnp.cos(state.objects.yaw), jnp.sin(state.objects.yaw)
 
 
 def _row_sizes(cfg: EnvConfig) -> tuple[int, ...]:
@@ -271,28 +300,32 @@ def _row_sizes(cfg: EnvConfig) -> tuple[int, ...]:
 
 def _branch(counts, cfg: EnvConfig):
   """() int32: the rows branch (index into _row_sizes) holding every scene's controlled count (counts (B,)), or
-  len(_row_sizes) (every object) when some scene has none or more than max_controlled."""
+  len(_row_sizes) (every object) when some scene has none or more than max_controlled (with cfg.rows_only: the
+  largest rows branch then)."""
   sizes = _row_sizes(cfg)
   i = jnp.sum(jnp.max(counts) > jnp.asarray(sizes, jnp.int32)).astype(jnp.int32)
+  if cfg.rows_only:
+    return jnp.minimum(i, len(sizes) - 1)
   return jnp.where(jnp.min(counts) >= 1, i, len(sizes))
 
 
 def _branches(cfg: EnvConfig, batched: bool):
   """(refresh functions, finish functions) per branch of _branch: the rows ones with max_controlled set to each of
-  _row_sizes (same results for controlled counts that fit), then every object's."""
+  _row_sizes (same results for controlled counts that fit), then every object's (not with cfg.rows_only)."""
   vm = jax.vmap if batched else (lambda f: f)
   parts = lambda s: (s.road_candidates, s.road_cache)
   cfgs = [dataclasses.replace(cfg, max_controlled=m) for m in _row_sizes(cfg)]
   refresh = [vm(lambda s, c=c: parts(_refresh_branch(s, c, True))) for c in cfgs]
-  refresh.append(vm(lambda s: parts(_refresh_branch(s, cfg, False))))
-  finish = [vm(lambda p, s, c=c: _finish_parts(p, s, c, True)) for c in cfgs]
-  finish.append(vm(lambda p, s: _finish_parts(p, s, cfg, False)))
+  finish = [vm(lambda p, s, tr, c=c: _finish_parts(p, s, c, True, tr)) for c in cfgs]
+  if not cfg.rows_only:
+    refresh.append(vm(lambda s: parts(_refresh_branch(s, cfg, False))))
+    finish.append(vm(lambda p, s, tr: _finish_parts(p, s, cfg, False, tr)))
   return [parts] + refresh, finish
 
 
-def _finish_parts(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool):
+def _finish_parts(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool, trig=None):
   """_finish's (done, goal_reached, StepOutput): what leaves the branch (not the scene, which it does not change)."""
-  state, out = _finish(prev, state, cfg, rows_only)
+  state, out = _finish(prev, state, cfg, rows_only, trig)
   return state.done, state.goal_reached, out
 
 
@@ -303,7 +336,9 @@ def _step_branches(state: SimState, nxt: SimState, cfg: EnvConfig, counts, t, ba
   refresh, finish = _branches(cfg, batched)
   cand, cache = jax.lax.switch(jnp.where(_due(cfg, t), b + 1, 0), refresh, nxt)
   nxt = nxt.replace(road_candidates=cand, road_cache=cache)
-  done, goal, out = jax.lax.switch(b, finish, state, nxt)
+  trig = (jax.vmap(_trig) if batched else _trig)(nxt)
+  done, goal, out = (finish[0](state, nxt, trig) if len(finish) == 1
+                     else jax.lax.switch(b, finish, state, nxt, trig))
   return nxt.replace(done=done, goal_reached=goal), out
 
 

@@ -32,9 +32,10 @@ from shared.sim.road_index import (  # noqa: F401  (re-exported: geometry is the
 NO_EDGE_DISTANCE_M = -100.0  # signed distance reported when no road edge is among the candidates (deep on-road)
 
 
-def box_corners(x, y, yaw, length, width):
-  """Corners (..., 4, 2) of oriented boxes, counter-clockwise from front-left; inputs (...,)."""
-  c, s = jnp.cos(yaw), jnp.sin(yaw)
+def box_corners(x, y, yaw, length, width, trig=None):
+  """Corners (..., 4, 2) of oriented boxes, counter-clockwise from front-left; inputs (...,); trig: (cos, sin) of
+  yaw when the caller has them."""
+  c, s = (jnp.cos(yaw), jnp.sin(yaw)) if trig is None else trig
   hl, hw = length / 2.0, width / 2.0
   # Local corner offsets in box frame: front-left, rear-left, rear-right, front-right (counter-clockwise).
   lx = jnp.stack([hl, -hl, -hl, hl], -1)
@@ -44,9 +45,11 @@ def box_corners(x, y, yaw, length, width):
   return jnp.stack([cx, cy], -1)
 
 
-def sat_gap(boxes_a, boxes_b):
+def sat_gap(boxes_a, boxes_b, trig_a=None, trig_b=None):
   """Separating-axis gap (M, N) between every box of a (M,) and every box of b (N,); boxes are tuples
-  (x, y, yaw, length, width) of (M,) / (N,) arrays.
+  (x, y, yaw, length, width) of (M,) / (N,) arrays; trig_a, trig_b: (cos, sin) of their yaws when the caller has
+  them (the env computes them once per step, outside its branches: XLA on CPU would otherwise evaluate cos and sin
+  once per pair inside the fused (M, N) loop).
 
   gap = max over the 4 box axes of (|centre separation projected| - projected half extents of both boxes). A pair
   overlaps iff gap <= 0 (boxes are convex, so no separating axis among their edge normals means intersection).
@@ -54,9 +57,12 @@ def sat_gap(boxes_a, boxes_b):
   in closed form with |cos| and |sin| of the relative yaw so XLA fuses it into one elementwise loop (3x faster on
   CPU than projecting stacked axes); symmetric: sat_gap(a, b) == sat_gap(b, a).T.
   """
-  xa, ya, yawa, la, wa = (v[:, None] for v in boxes_a)
-  xb, yb, yawb, lb, wb = (v[None, :] for v in boxes_b)
-  ca, sa, cb, sb = jnp.cos(yawa), jnp.sin(yawa), jnp.cos(yawb), jnp.sin(yawb)
+  trig_a = (jnp.cos(boxes_a[2]), jnp.sin(boxes_a[2])) if trig_a is None else trig_a
+  trig_b = (jnp.cos(boxes_b[2]), jnp.sin(boxes_b[2])) if trig_b is None else trig_b
+  xa, ya, _, la, wa = (v[:, None] for v in boxes_a)
+  xb, yb, _, lb, wb = (v[None, :] for v in boxes_b)
+  ca, sa = (v[:, None] for v in trig_a)
+  cb, sb = (v[None, :] for v in trig_b)
   cr = jnp.abs(ca * cb + sa * sb)  # |cos(yaw_b - yaw_a)|
   sr = jnp.abs(ca * sb - sa * cb)  # |sin(yaw_b - yaw_a)|
   hla, hwa, hlb, hwb = la / 2.0, wa / 2.0, lb / 2.0, wb / 2.0
@@ -134,6 +140,9 @@ class CandidateCache:
     ok: (O, K) bool, the candidate exists and is a valid road point.
     seg_ax, seg_ay, seg_bx, seg_by: (O, 2 K_edge) float32 road-edge chords around the K_edge edge candidates
       (see road_edge_signed_distance); seg_ok (O, 2 K_edge) bool.
+    stop_dir_x, stop_dir_y, stop_found: (O, L) float32, float32, bool: per traffic light, the direction of the
+      candidate on the light's lane nearest its stop point (stop_lane_directions), or None when the cache was
+      gathered without the lights (metrics then derive them per step).
   """
 
   x: Any
@@ -148,17 +157,39 @@ class CandidateCache:
   seg_bx: Any
   seg_by: Any
   seg_ok: Any
+  stop_dir_x: Any = None
+  stop_dir_y: Any = None
+  stop_found: Any = None
 
 
-def candidate_cache(roads: types.RoadPoints, candidates, num_edge: int) -> CandidateCache:
-  """The CandidateCache of candidates (O, K) whose first num_edge columns are the road-edge slots."""
+def stop_lane_directions(cache: CandidateCache, lights: types.TrafficLights):
+  """(found, dir_x, dir_y), each (O, L): whether each object has a candidate on light l's lane, and the direction
+  of the one nearest the light's stop point (0 where none). Depends on the candidates and the static stop points
+  only, so the env gathers it with the cache at each refresh instead of per step (an (O, L, K) search)."""
+  sx, sy = lights.stop_x[None, :, None], lights.stop_y[None, :, None]
+  match = cache.ok[:, None, :] & (cache.element_id[:, None, :] == lights.lane_id[None, :, None])
+  d = jnp.where(match, jnp.hypot(cache.x[:, None, :] - sx, cache.y[:, None, :] - sy), jnp.inf)  # (O, L, K)
+  j = argmin_last(d)[..., None]
+  at_j = lambda a: jnp.take_along_axis(jnp.broadcast_to(a[:, None, :], d.shape), j, -1)[..., 0]  # (O, L)
+  found = jnp.any(match, -1)
+  return found, jnp.where(found, at_j(cache.dir_x), 0.0), jnp.where(found, at_j(cache.dir_y), 0.0)
+
+
+def candidate_cache(roads: types.RoadPoints, candidates, num_edge: int,
+                    lights: types.TrafficLights | None = None) -> CandidateCache:
+  """The CandidateCache of candidates (O, K) whose first num_edge columns are the road-edge slots; with `lights`
+  (the scene's), also their stop-lane directions (stop_lane_directions)."""
   chex.assert_rank(candidates, 2)
   c = jnp.maximum(candidates, 0)
   starts, ends, seg_ok = _edge_segments(roads, candidates[:, :num_edge])
-  return CandidateCache(x=roads.x[c], y=roads.y[c], dir_x=roads.dir_x[c], dir_y=roads.dir_y[c],
-                        map_type=roads.map_type[c], element_id=roads.element_id[c],
-                        ok=(candidates >= 0) & roads.valid[c], seg_ax=roads.x[starts], seg_ay=roads.y[starts],
-                        seg_bx=roads.x[ends], seg_by=roads.y[ends], seg_ok=seg_ok)
+  cache = CandidateCache(x=roads.x[c], y=roads.y[c], dir_x=roads.dir_x[c], dir_y=roads.dir_y[c],
+                         map_type=roads.map_type[c], element_id=roads.element_id[c],
+                         ok=(candidates >= 0) & roads.valid[c], seg_ax=roads.x[starts], seg_ay=roads.y[starts],
+                         seg_bx=roads.x[ends], seg_by=roads.y[ends], seg_ok=seg_ok)
+  if lights is None:
+    return cache
+  found, dx, dy = stop_lane_directions(cache, lights)
+  return cache.replace(stop_dir_x=dx, stop_dir_y=dy, stop_found=found)
 
 
 def road_edge_signed_distance(roads: types.RoadPoints, candidates, points):
@@ -175,19 +206,26 @@ def road_edge_signed_distance(roads: types.RoadPoints, candidates, points):
   return cached_edge_signed_distance(candidate_cache(roads, candidates, candidates.shape[1]), points)
 
 
+def _chord_offsets(px, py, ax, ay, bx, by):
+  """(distance, perpendicular offset) of points to chords a->b, broadcasting; offset > 0: left of the chord."""
+  d, _ = point_segment_distance(px, py, ax, ay, bx, by)
+  seg_len = jnp.maximum(jnp.hypot(bx - ax, by - ay), 1e-6)
+  return d, ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / seg_len
+
+
 def cached_edge_signed_distance(cache: CandidateCache, points):
   """road_edge_signed_distance from a CandidateCache's edge chords; points (O, N, 2) -> (O, N)."""
   chex.assert_rank(points, 3)
-  ax, ay, bx, by = (a[:, None, :] for a in (cache.seg_ax, cache.seg_ay, cache.seg_bx, cache.seg_by))
   ok = cache.seg_ok
-  px, py = points[..., 0:1], points[..., 1:2]  # (O, N, 1) against (O, 1, 2K)
-  d, _ = point_segment_distance(px, py, ax, ay, bx, by)
-  seg_len = jnp.maximum(jnp.hypot(bx - ax, by - ay), 1e-6)
-  perp = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / seg_len  # > 0: left of the edge = road side
-  key = jnp.where(ok[:, None, :], d - 1e-3 * jnp.abs(perp), jnp.inf)
-  j = argmin_last(key)[..., None]
-  d_j = jnp.take_along_axis(d, j, -1)[..., 0]
-  perp_j = jnp.take_along_axis(perp, j, -1)[..., 0]
+  px, py = points[..., 0], points[..., 1]  # (O, N) against (O, 2K) chords
+  d, perp = _chord_offsets(px[..., None], py[..., None], *(a[:, None, :] for a in (
+      cache.seg_ax, cache.seg_ay, cache.seg_bx, cache.seg_by)))
+  j = argmin_last(jnp.where(ok[:, None, :], d - 1e-3 * jnp.abs(perp), jnp.inf))  # (O, N)
+  # The nearest chord's distance and offset are recomputed from its end points, not read from (O, N, 2K) arrays:
+  # XLA on CPU would materialise those, or redo the whole (O, N, 2K) computation for each reader.
+  take = lambda a: jnp.take_along_axis(a, j, -1)  # (O, 2K) -> (O, N)
+  d_j, perp_j = _chord_offsets(px, py, take(cache.seg_ax), take(cache.seg_ay), take(cache.seg_bx),
+                               take(cache.seg_by))
   found = jnp.any(ok, -1)[:, None]
   return jnp.where(found, jnp.where(perp_j >= 0.0, -d_j, d_j), NO_EDGE_DISTANCE_M)
 

@@ -105,9 +105,10 @@ def _rows_view(state: SimState, rows) -> SimState:
       road_candidates=state.road_candidates[rows], road_cache=take(road_cache(state)))
 
 
-def _boxes(state: SimState, cfg: MetricsConfig, gap=None, rows=None):
+def _boxes(state: SimState, cfg: MetricsConfig, gap=None, rows=None, trig=None):
   """overlap (M,), min_box_distance_m (M,) of the objects `rows` (M,) against every object (rows None: every
-  object, M = O); gap: their (M, O) separating-axis gaps if the caller has them."""
+  object, M = O); gap: their (M, O) separating-axis gaps if the caller has them; trig: (cos, sin) (O,) of every
+  yaw, likewise."""
   o, log = state.objects, state.scenario.objects
   n = o.x.shape[0]
   take = (lambda a: a) if rows is None else (lambda a: a[rows])
@@ -120,7 +121,7 @@ def _boxes(state: SimState, cfg: MetricsConfig, gap=None, rows=None):
   overlap = jnp.any(gap < 0.0, 1)
   m = min(cfg.exact_neighbours, max(n - 1, 1))
   nb, found = geometry.smallest_k(gap, m)  # (M, m) smallest gaps
-  corners = geometry.box_corners(*boxes)  # (O, 4, 2)
+  corners = geometry.box_corners(*boxes, trig=trig)  # (O, 4, 2)
   exact = geometry.box_distance(take(corners)[:, None], corners[nb], jnp.take_along_axis(gap, nb, 1) < 0.0)
   exact = jnp.where(found, exact, jnp.inf)
   return overlap & take(o.valid), jnp.min(exact, 1)
@@ -131,13 +132,14 @@ def road_cache(state: SimState) -> geometry.CandidateCache:
   if state.road_cache is not None:
     return state.road_cache
   cand = state.road_candidates
-  return geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cand.shape[1]))
+  return geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cand.shape[1]),
+                                  state.scenario.lights)
 
 
-def _offroad(state: SimState, cfg: MetricsConfig, cache: geometry.CandidateCache):
-  """offroad (O,), road_edge_distance_m (O,)."""
+def _offroad(state: SimState, cfg: MetricsConfig, cache: geometry.CandidateCache, trig=None):
+  """offroad (O,), road_edge_distance_m (O,); trig: (cos, sin) (O,) of the yaws if the caller has them."""
   o, log = state.objects, state.scenario.objects
-  corners = geometry.box_corners(o.x, o.y, o.yaw, log.length, log.width)
+  corners = geometry.box_corners(o.x, o.y, o.yaw, log.length, log.width, trig)
   sd = jnp.max(geometry.cached_edge_signed_distance(cache, corners), 1)
   trusted = geometry.cached_candidate_reach(cache, o.x, o.y) <= cfg.candidate_trust_m
   sd = jnp.where(trusted, sd, geometry.NO_EDGE_DISTANCE_M)
@@ -168,15 +170,13 @@ def _red_light_run(prev: SimState, state: SimState, cfg: MetricsConfig, cache: g
   t = state.t
   live = lights.valid[:, t]  # (L,)
   red = live & jnp.isin(lights.state[:, t], jnp.asarray(types.TL_STOP_STATES))
-  sx, sy = lights.stop_x[None, :, None], lights.stop_y[None, :, None]
-  match = cache.ok[:, None, :] & (cache.element_id[:, None, :] == lights.lane_id[None, :, None])
-  d = jnp.where(match, jnp.hypot(cache.x[:, None, :] - sx, cache.y[:, None, :] - sy), jnp.inf)  # (O, L, K)
-  j = geometry.argmin_last(d)[..., None]
-  at_j = lambda a: jnp.take_along_axis(jnp.broadcast_to(a[:, None, :], d.shape), j, -1)[..., 0]  # (O, L)
-  found = jnp.any(match, -1)
+  if cache.stop_found is None:  # gathered without the lights (hand-built): search the candidates now
+    found, lane_x, lane_y = geometry.stop_lane_directions(cache, lights)
+  else:
+    found, lane_x, lane_y = cache.stop_found, cache.stop_dir_x, cache.stop_dir_y
   p0, p1 = prev.objects, state.objects
-  nx = jnp.where(found, at_j(cache.dir_x), jnp.cos(p0.yaw)[:, None])
-  ny = jnp.where(found, at_j(cache.dir_y), jnp.sin(p0.yaw)[:, None])
+  nx = jnp.where(found, lane_x, jnp.cos(p0.yaw)[:, None])
+  ny = jnp.where(found, lane_y, jnp.sin(p0.yaw)[:, None])
   rx0, ry0 = p0.x[:, None] - lights.stop_x[None], p0.y[:, None] - lights.stop_y[None]  # (O, L)
   rx1, ry1 = p1.x[:, None] - lights.stop_x[None], p1.y[:, None] - lights.stop_y[None]
   s0, s1 = rx0 * nx + ry0 * ny, rx1 * nx + ry1 * ny  # signed distance past the stop line
@@ -212,30 +212,34 @@ def step_metrics(prev: SimState, state: SimState, cfg: MetricsConfig = MetricsCo
   return step_metrics_shared(prev, state, cfg)[0]
 
 
-def step_metrics_shared(prev: SimState, state: SimState, cfg: MetricsConfig = MetricsConfig(), gap=None):
+def step_metrics_shared(prev: SimState, state: SimState, cfg: MetricsConfig = MetricsConfig(), gap=None,
+                        trig=None):
   """(StepMetrics, nearest (O,) int32): the metrics of every object, plus each object's nearest logged step (the
   segment start of its projection on its own logged path), which observations reuse for the route. gap: the (O, O)
   separating-axis gaps of state's boxes when the caller computed them (shared with observations), else computed
-  here."""
-  return _step_metrics(prev, state, cfg, None, gap)
+  here; trig: (cos, sin) (O,) of state's yaws, likewise."""
+  return _step_metrics(prev, state, cfg, None, gap, trig)
 
 
-def step_metrics_rows(prev: SimState, state: SimState, rows, cfg: MetricsConfig = MetricsConfig(), gap=None):
+def step_metrics_rows(prev: SimState, state: SimState, rows, cfg: MetricsConfig = MetricsConfig(), gap=None,
+                      trig=None):
   """(StepMetrics (M,) each, nearest (M,) int32) of the objects `rows` (M,) int32 alone: equal to those rows of
   `step_metrics_shared`, at the cost of M objects (boxes are still checked against every object). gap: the (M, O)
-  separating-axis gaps of the rows' boxes to every box (geometry.sat_gap) when the caller has them."""
-  return _step_metrics(prev, state, cfg, rows, gap)
+  separating-axis gaps of the rows' boxes to every box (geometry.sat_gap) when the caller has them; trig: (cos,
+  sin) (O,) of every yaw of state, likewise."""
+  return _step_metrics(prev, state, cfg, rows, gap, trig)
 
 
-def _step_metrics(prev: SimState, state: SimState, cfg: MetricsConfig, rows, gap):
+def _step_metrics(prev: SimState, state: SimState, cfg: MetricsConfig, rows, gap, trig=None):
   chex.assert_equal_shape([prev.objects.x, state.objects.x])
-  overlap, box_d = _boxes(state, cfg, gap, rows)
+  overlap, box_d = _boxes(state, cfg, gap, rows, trig)
   view = _rows_view(state, rows)  # per-object quantities of the rows alone
   pview = prev if rows is None else prev.replace(objects=jax.tree.map(lambda a: a[rows], prev.objects),
                                                  controlled=prev.controlled[rows])
   o, log = view.objects, view.scenario.objects
   cache = road_cache(view)
-  offroad, edge_d = _offroad(view, cfg, cache)
+  view_trig = trig if trig is None or rows is None else tuple(a[rows] for a in trig)
+  offroad, edge_d = _offroad(view, cfg, cache, view_trig)
   route_d, progress, nearest = geometry.project_on_log_path(log, o.x, o.y)
   goal_d = jnp.hypot(o.x - log.goal_x, o.y - log.goal_y)
   speed, accel, jerk, lat = _kinematics(pview, view, cfg)

@@ -127,10 +127,11 @@ class _Egos:
   sin: Any
 
 
-def _egos(state: SimState, rows) -> _Egos:
+def _egos(state: SimState, rows, trig=None) -> _Egos:
+  """trig: (cos, sin) (O,) of every yaw when the caller has them."""
   o = state.objects
-  yaw = o.yaw[rows]
-  return _Egos(rows=rows, x=o.x[rows], y=o.y[rows], cos=jnp.cos(yaw), sin=jnp.sin(yaw))
+  cos, sin = (jnp.cos(o.yaw[rows]), jnp.sin(o.yaw[rows])) if trig is None else (trig[0][rows], trig[1][rows])
+  return _Egos(rows=rows, x=o.x[rows], y=o.y[rows], cos=cos, sin=sin)
 
 
 def _ego(state: SimState, e: _Egos, cfg: ObsConfig):
@@ -143,14 +144,18 @@ def _ego(state: SimState, e: _Egos, cfg: ObsConfig):
                     o.accel_mps2[r] / cfg.accel_scale_mps2, o.steer_rad[r] / cfg.steer_scale_rad], -1)
 
 
-def _agents(state: SimState, e: _Egos, cfg: ObsConfig, gap=None):
+def _agents(state: SimState, e: _Egos, cfg: ObsConfig, gap=None, row_ok=None, trig=None):
   """Nearest other objects of each ego (M, num_agents, AGENT_FEATURES); gap: the (M, O) separating-axis gaps of
-  the egos' boxes to every box, when the caller already has them (the env shares them with the metrics)."""
+  the egos' boxes to every box, when the caller already has them (the env shares them with the metrics); row_ok
+  (M,): rows that matter (others get no agents, which makes their top_k cheap: its CPU cost grows with the finite
+  entries); trig: (cos, sin) (O,) of every yaw when the caller has them."""
   o, log, r = state.objects, state.scenario.objects, e.rows
   n = o.x.shape[0]
   k = min(cfg.num_agents, n)
   d = jnp.hypot(o.x[None, :] - e.x[:, None], o.y[None, :] - e.y[:, None])  # (M, O)
   ok = o.valid[r][:, None] & o.valid[None, :] & (jnp.arange(n) != r[:, None]) & (d <= cfg.max_agent_distance_m)
+  if row_ok is not None:
+    ok &= row_ok[:, None]
   # lax.top_k beats k argmin passes here (k = 8); distances are >= +0, so ties (lower index first) and the
   # order match geometry.smallest_k exactly.
   neg, nb = jax.lax.top_k(-jnp.where(ok, d, jnp.inf), k)  # (M, k)
@@ -162,7 +167,7 @@ def _agents(state: SimState, e: _Egos, cfg: ObsConfig, gap=None):
   boxes = (o.x, o.y, o.yaw, log.length, log.width)
   if gap is None:
     gap = geometry.sat_gap(tuple(b[r] for b in boxes), boxes)
-  corners = geometry.box_corners(*boxes)
+  corners = geometry.box_corners(*boxes, trig=trig)
   box_d = geometry.box_distance(corners[r][:, None], corners[nb], jnp.take_along_axis(gap, nb, 1) < 0.0)
   kind = jax.nn.one_hot(log.object_type[nb] - 1, 4)  # types 1..4 -> columns 0..3; padding (0) -> all zero
   feats = jnp.concatenate([jnp.stack([_pos(rx, cfg), _pos(ry, cfg), jnp.cos(dyaw), jnp.sin(dyaw),
@@ -200,14 +205,27 @@ def _road_slots(num_candidates: int, k: int):
           + list(range(k_edge + geometry.NUM_STOP, k_edge + geometry.NUM_STOP + n_other)))
 
 
+def _ranges(cols):
+  """Static [lo, hi) ranges of consecutive column indices, in order."""
+  out = []
+  for c in cols:
+    if out and out[-1][1] == c:
+      out[-1][1] = c + 1
+    else:
+      out.append([c, c + 1])
+  return [tuple(r) for r in out]
+
+
 def _roads(state: SimState, e: _Egos, cfg: ObsConfig):
   cand = state.road_candidates
-  cols = jnp.asarray(_road_slots(cand.shape[1], cfg.num_road_points), jnp.int32)
+  cols = _road_slots(cand.shape[1], cfg.num_road_points)
   if state.road_cache is None:  # hand-built state: gather from the map
     cache = geometry.candidate_cache(state.scenario.roads, cand, geometry.edge_slots(cand.shape[1]))
   else:
     cache = state.road_cache
-  take = lambda a: a[e.rows][:, cols]
+  # Static column ranges, not a gather by column list: XLA on CPU lays that out transposed and copies it.
+  ranges = _ranges(cols)
+  take = lambda a: jnp.concatenate([a[e.rows][:, lo:hi] for lo, hi in ranges], 1)
   ox, oy = take(cache.x) - e.x[:, None], take(cache.y) - e.y[:, None]
   mask = take(cache.ok) & (jnp.hypot(ox, oy) <= cfg.max_road_distance_m)
   cs, sn = e.cos[:, None], e.sin[:, None]
@@ -216,7 +234,7 @@ def _roads(state: SimState, e: _Egos, cfg: ObsConfig):
   feats = jnp.concatenate([jnp.stack([_pos(rx, cfg), _pos(ry, cfg), dx, dy], -1), _road_class(take(cache.map_type))],
                           -1)
   feats = jnp.where(mask[..., None], feats, 0.0)
-  k = cols.shape[0]
+  k = len(cols)
   if k < cfg.num_road_points:
     feats = jnp.pad(feats, ((0, 0), (0, cfg.num_road_points - k), (0, 0)))
     mask = jnp.pad(mask, ((0, 0), (0, cfg.num_road_points - k)))
@@ -256,12 +274,14 @@ def _light(state: SimState, e: _Egos, cfg: ObsConfig):
   return jnp.where(present[:, None], feats.astype(jnp.float32), 0.0)
 
 
-def observe_rows(state: SimState, rows, cfg: ObsConfig = ObsConfig(), gap=None, nearest=None) -> Observation:
-  """Observation (M, ...) of the objects `rows` (M,) int32 only; gap (M, O) and nearest (M,) optional shared
-  quantities (see _agents, _route). Cost grows with M, not with the scene's object count."""
-  e = _egos(state, rows)
+def observe_rows(state: SimState, rows, cfg: ObsConfig = ObsConfig(), gap=None, nearest=None,
+                 row_ok=None, trig=None) -> Observation:
+  """Observation (M, ...) of the objects `rows` (M,) int32 only; gap (M, O), nearest (M,) and trig ((cos, sin) of
+  every yaw, (O,)) optional shared quantities (see _agents, _route); row_ok (M,) optional: rows whose agents matter
+  (the others get none). Cost grows with M, not with the scene's object count."""
+  e = _egos(state, rows, trig)
   T = state.scenario.objects.x.shape[1]
-  agents, agents_mask = _agents(state, e, cfg, gap)
+  agents, agents_mask = _agents(state, e, cfg, gap, row_ok, trig)
   roads, roads_mask = _roads(state, e, cfg)
   route, route_mask = _route(state, e, cfg, nearest)
   v = state.objects.valid[rows]
@@ -295,9 +315,14 @@ def controlled_rows(controlled, size: int):
 
 def spread_rows(tree, slot, slot_ok):
   """(M, ...) leaves -> (O, ...): each object gets its row `slot` (O,) where `slot_ok` (O,), else zeros (False)."""
-  def spread(a):
-    got = a[slot]
-    return jnp.where(slot_ok.reshape(slot_ok.shape + (1,) * (a.ndim - 1)), got, jnp.zeros_like(got))
+  n = slot.shape[0]
+  # A scatter of the rows, not a gather per object: XLA on CPU fuses the rows' whole computation into a gather and
+  # redoes it per object (and drops optimization barriers). Rows without an object (padding) go out of bounds.
+  target = jnp.full(n, n, jnp.int32).at[jnp.where(slot_ok, slot, n)].set(jnp.arange(n, dtype=jnp.int32),
+                                                                         mode="drop")
+  def spread(a):  # a: (M, ...) with M <= O
+    idx = target[:a.shape[0]]
+    return jnp.zeros((n,) + a.shape[1:], a.dtype).at[idx].set(a, mode="drop", unique_indices=True)
   return jax.tree.map(spread, tree)
 
 
@@ -313,10 +338,11 @@ def observe_controlled(state: SimState, max_controlled: int, cfg: ObsConfig = Ob
 
 
 def observe_spread(state: SimState, rows, slot, slot_ok, cfg: ObsConfig = ObsConfig(), gap=None,
-                   nearest=None) -> Observation:
-  """observe_controlled from its `controlled_rows` (rows (M,), slot (O,), slot_ok (O,)); gap (M, O) and nearest
-  (M,) optional shared quantities of the rows (see observe_rows)."""
-  obs = observe_rows(state, rows, cfg, gap, nearest)
+                   nearest=None, trig=None) -> Observation:
+  """observe_controlled from its `controlled_rows` (rows (M,), slot (O,), slot_ok (O,)); gap (M, O), nearest
+  (M,) and trig (O,) optional shared quantities (see observe_rows)."""
+  row_ok = jnp.arange(rows.shape[0]) < jnp.sum(slot_ok.astype(jnp.int32))  # rows past the controlled: padding
+  obs = observe_rows(state, rows, cfg, gap, nearest, row_ok, trig)
   T = state.scenario.objects.x.shape[1]
   remaining = (T - 1 - state.t).astype(jnp.float32) / (T - 1) * jnp.ones_like(state.objects.x)
   return spread_rows(obs, slot, slot_ok).replace(remaining_time=remaining[:, None])
