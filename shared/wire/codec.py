@@ -1,32 +1,24 @@
 """Multipart message codec: one msgpack header frame + raw array frames. No pickle, no jax.
 
-Wire format "drivelab/3" (what `encode` writes). The LAST frame is the header, a msgpack map whose first key is
-"magic" (so a receiver recognises it by its first bytes, `framing.header_last`):
-  {"magic": "drivelab/3", "schema": str, "version": int, "producer": str, "epoch": int, "seq": int,
+Wire format "drivelab/2" (what `encode` writes). Frame 0 is a msgpack map:
+  {"magic": "drivelab/2", "schema": str, "version": int, "producer": str, "epoch": int, "seq": int,
    "fields": {str: scalar | str | bytes | list | map}, "frames": int (all frames, header included),
    "arrays": bin: msgpack of [[name, dtype, shape, frame] |                 # the array is the whole of `frame`
                               [name, dtype, shape, frame, offset, nbytes]]  # bytes [offset, offset+nbytes) of a
                                                                             # *packed* frame
   }
-Frame indices count the header as frame 0 wherever it travels: array frame k (1-based) is the k-th frame sent.
 Views of a `shared.wire.arena.Arena` go first: the arena's whole buffer is one packed frame (see arena.py for when).
 Other arrays of `ZERO_COPY_MIN_BYTES` (64 KiB) or more get a frame of their own, sent zero-copy. All smaller arrays
-share ONE packed frame (the last array frame). In a packed frame every array sits at an offset that is a multiple
-of `PACK_ALIGN` (8, the largest itemsize, so every array is viewed in place), arrays never overlap, and the last
-one ends the frame (the encoder leaves only alignment padding between them). Array bytes are
+share ONE packed frame (the last). In a packed frame every array sits at an offset that is a multiple of
+`PACK_ALIGN` (8, the largest itemsize, so every array is viewed in place), arrays never overlap, and the last one
+ends the frame (the encoder leaves only alignment padding between them). Array bytes are
 C order, little-endian (dtype strings such as "<f4", "|b1"). A frame is either whole (one 4-element descriptor)
 or packed (6-element ones), never both. The descriptor block is bin so a receiver can validate each distinct
 layout once and recognise it by its bytes afterwards (`framing.parse_arrays`).
 
-Why the header goes last: measured with libzmq 4.3.5 on 2 cores, a 1 MiB batch sent as [large frame, small frame]
-moves faster than the same bytes as [small, large], and faster than one single frame, over both ipc and tcp
-(`drivelab bench wire` reports the raw framings beside ours); drivelab/2 (header first) paid for it.
-
-Versions: "drivelab/2" (the same header, sent FIRST) and "drivelab/1" (header first, descriptors as a plain
-msgpack list, 4 elements each, no "frames") still decode, so old producers keep working with new consumers; a
-decoder older than this reads a drivelab/3 message's first array frame as its header and rejects the message
-(`header_msgpack`, `header_not_map` or `bad_magic`), so upgrade consumers first. A header whose magic is a
-"drivelab/N" this decoder does not know is `bad_wire_version`.
+Versions: "drivelab/1" (descriptors as a plain msgpack list, 4 elements each, no "frames") still decodes, so old
+producers keep working with new consumers; a decoder older than this rejects "drivelab/2" as `bad_magic` (the
+detail names it), so upgrade consumers first. A "drivelab/N" this decoder does not know is `bad_wire_version`.
 The per-schema "version" is separate (`schemas.py`) and unchanged by the framing.
 
 `encode(msg)` returns frames ready for `transport.send_frames` (large arrays are sent by buffer, not copied here).
@@ -51,13 +43,12 @@ import numpy as np
 
 from shared.wire import arena as arena_lib
 from shared.wire import framing
-from shared.wire.framing import (ALLOWED_DTYPES, HEADER_KEYS, MAGIC, MAGIC_V1, MAGIC_V2, PACK_ALIGN,  # noqa: F401 (API)
+from shared.wire.framing import (ALLOWED_DTYPES, HEADER_KEYS, MAGIC, MAGIC_V1, PACK_ALIGN,  # noqa: F401 (API)
                                  WIRE_DTYPE_STR, ZERO_COPY_MIN_BYTES, DecodeError, Limits)
 
-__all__ = ["ALLOWED_DTYPES", "HEADER_KEYS", "MAGIC", "MAGIC_V1", "MAGIC_V2", "PACK_ALIGN", "ZERO_COPY_MIN_BYTES", "DecodeError",
+__all__ = ["ALLOWED_DTYPES", "HEADER_KEYS", "MAGIC", "MAGIC_V1", "PACK_ALIGN", "ZERO_COPY_MIN_BYTES", "DecodeError",
            "Limits", "Message", "decode", "encode"]
 _PADS = [bytes(i) for i in range(PACK_ALIGN)]
-HEADER_LAST = True  # where `encode` puts the header; `decode` reads drivelab/3 either way (A/B switch for benches)
 
 
 @dataclasses.dataclass
@@ -154,8 +145,8 @@ def encode(msg: Message) -> list:
   whole = _whole_arena(msg) if msg.arrays else None
   if whole is not None:
     frames, blob = whole
-    header = _header(msg, 2, blob)
-    return [frames[1], header] if HEADER_LAST else [header, frames[1]]
+    frames[0] = _header(msg, 2, blob)
+    return frames
   descs, frames, small, packed, off = [], [b""], [], [], 0
   in_arena = _arena_frames(msg, frames) if msg.arrays else {}
   for name, arr in msg.arrays.items():
@@ -184,9 +175,6 @@ def encode(msg: Message) -> list:
       d[3] = len(frames)
     frames.append(b"".join(small))  # one copy of all small arrays, instead of one send + one frame each
   frames[0] = _header(msg, len(frames), msgpack.packb(descs, use_bin_type=True))
-  if HEADER_LAST:  # drivelab/3: the header goes last; frame indices still count it as frame 0
-    frames.append(frames[0])
-    del frames[0]
   return frames
 
 
@@ -220,8 +208,6 @@ def decode(frames: Sequence[Any], limits: Limits = Limits(), check_schema: bool 
   if n_frames == 0 or n_frames > limits.max_frames:
     raise DecodeError("too_many_frames" if n_frames else "no_frames", f"{n_frames} frames")
   bufs = [memoryview(f).toreadonly() for f in frames]  # read-only views: the arrays cannot write into frames
-  if n_frames > 1 and framing.header_last(bufs[-1]):
-    bufs.insert(0, bufs.pop())  # drivelab/3: the header travels last, frame indices count it as frame 0
   sizes = [b.nbytes for b in bufs]
   if sizes[0] > limits.max_header_bytes:
     raise DecodeError("header_too_large", f"{sizes[0]} > {limits.max_header_bytes}")

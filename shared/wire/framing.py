@@ -8,7 +8,7 @@ form (`bad_array_desc`), name unique (`duplicate_name`), dtype on the allow-list
 and shape x itemsize == frame length (`size_mismatch`); for a packed array, offset a multiple of PACK_ALIGN
 (`misaligned`), shape x itemsize == declared nbytes (`size_mismatch`), bytes inside the frame (`out_of_range`).
 Then per packed frame: no two arrays overlap (`overlap`), no bytes after the last one (`size_mismatch`); and every
-frame is named by some array (`unused_frame`). A drivelab/2 or /3 descriptor block (bin) is checked once per distinct
+frame is named by some array (`unused_frame`). A drivelab/2 descriptor block (bin) is checked once per distinct
 (block bytes, frame sizes, max_dims) and the checked rows reused for later messages with that very layout, so a
 steady stream of same-shaped batches pays one dict lookup instead of the per-array Python checks.
 """
@@ -22,17 +22,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-MAGIC = "drivelab/3"
-MAGIC_V2 = "drivelab/2"
+MAGIC = "drivelab/2"
 MAGIC_V1 = "drivelab/1"
 _MAGIC_PREFIX = "drivelab/"
 HEADER_KEYS = {"magic": str, "schema": str, "version": int, "producer": str, "epoch": int, "seq": int,
                "fields": dict, "arrays": list}  # drivelab/1
-_V2_KEYS = tuple({**HEADER_KEYS, "arrays": bytes, "frames": int}.items())
 _KEYS = {MAGIC_V1: tuple(HEADER_KEYS.items()),  # drivelab/2: "arrays" is bin (the msgpack of the list), + "frames"
-         MAGIC_V2: _V2_KEYS, MAGIC: _V2_KEYS}  # drivelab/3: drivelab/2's header, sent as the LAST frame
-# How a drivelab/3 header frame starts: a msgpack map (first byte) whose first key is "magic" with this value.
-HEADER_LAST_PREFIX = msgpack.packb("magic") + msgpack.packb(MAGIC)
+         MAGIC: tuple({**HEADER_KEYS, "arrays": bytes, "frames": int}.items())}
 ALLOWED_DTYPES = frozenset(np.dtype(d).str for d in (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "float16", "float32", "float64"))
@@ -84,13 +80,8 @@ def _check_field(value: Any, depth: int = 0) -> bool:
   return False  # msgpack ExtType / Timestamp
 
 
-def header_last(last: memoryview) -> bool:
-  """True when a message's last frame is a drivelab/3 header (drivelab/1 and /2 send it first)."""
-  return last.format == "B" and last.ndim == 1 and last[1:len(HEADER_LAST_PREFIX) + 1] == HEADER_LAST_PREFIX
-
-
 def parse_header(frame: Any, n_frames: int) -> dict:
-  """Unpacks and checks the header frame: magic (wire version), key types, fields, declared frame count."""
+  """Unpacks and checks frame 0: magic (wire version), key types, fields, declared frame count."""
   try:
     header = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True, timestamp=0)
   except Exception as e:  # msgpack raises several unrelated types on garbage
@@ -101,7 +92,7 @@ def parse_header(frame: Any, n_frames: int) -> dict:
   keys = _KEYS.get(magic)
   if keys is None:
     if type(magic) is str and magic.startswith(_MAGIC_PREFIX):
-      raise DecodeError("bad_wire_version", f"{magic!r} (this decoder reads {MAGIC_V1!r} to {MAGIC!r})"[:120])
+      raise DecodeError("bad_wire_version", f"{magic!r} (this decoder reads {MAGIC_V1!r} and {MAGIC!r})"[:120])
     raise DecodeError("bad_magic", repr(magic)[:60])
   for key, typ in keys:  # msgpack builds exact types: `type(v) is int` also keeps bools out
     v = header.get(key, header)  # the header itself marks "absent": it can never be a value in itself
@@ -202,9 +193,9 @@ _MAX_LAYOUTS, _MAX_LAYOUT_KEY_BYTES = 256, 16 << 10  # at most ~4 MiB of keys, w
 
 def parse_arrays(header: dict, sizes: list[int], limits: Limits) -> tuple[list[tuple], tuple]:
   """(rows, signature): checked rows (see `_check_descs`) and ((name, dtype string, rank), ...) for the schema
-  check. A drivelab/2 or /3 descriptor block is validated once per distinct (bytes, frame sizes, max_dims): the same
+  check. A drivelab/2 descriptor block is validated once per distinct (bytes, frame sizes, max_dims): the same
   layout message after message (static shapes) then costs one dict lookup instead of Python checks per array."""
-  if header["magic"] == MAGIC_V1:
+  if header["magic"] != MAGIC:
     rows = _check_descs(header["arrays"], sizes, limits, v2=False)
     return rows, tuple([(r[0], r[5], len(r[2])) for r in rows])
   blob = header["arrays"]

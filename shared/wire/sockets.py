@@ -101,24 +101,21 @@ def wait_readable(sock: zmq.Socket, timeout_s: float) -> bool:
 
 
 def recv_frames(sock: zmq.Socket, timeout_s: float, n_route: int = 0) -> list | None:
-  """One multipart message within `timeout_s` (None on timeout). The first `n_route` frames (ROUTER identity
-  frames) arrive as bytes, the message's own frames as zero-copy zmq.Frame (the header too: drivelab/3 sends it
-  last): pass n_route=1 on a ROUTER, 0 on DEALER/PULL/SUB."""
+  """One multipart message within `timeout_s` (None on timeout). The first `n_route` + 1 frames (ROUTER identity
+  frames, then the header) arrive as bytes, the rest as zero-copy zmq.Frame: pass n_route=1 on a ROUTER, 0 on
+  DEALER/PULL/SUB (a wrong n_route copies the first array frame)."""
   if not wait_readable(sock, max(timeout_s, 0.0)):
     return None
-  frames, more = [], True
-  while len(frames) < n_route and more:
+  frames = [sock.recv(_NOBLOCK)]
+  while len(frames) <= n_route and sock.getsockopt(_RCVMORE):
     frames.append(sock.recv(_NOBLOCK))
-    more = sock.getsockopt(_RCVMORE)
-  if more:
+  if len(frames) > n_route and sock.getsockopt(_RCVMORE):
     frame = sock.recv(_NOBLOCK, copy=False)
     frames.append(frame)
     while frame.more:
       frame = sock.recv(_NOBLOCK, copy=False)
       frames.append(frame)
   return frames
-
-
 def decode_counted(frames: list, limits: codec.Limits, errors: collections.Counter, metrics: Any = None,
                    where: str = "") -> codec.Message | None:
   """decode() that counts and logs a bad message instead of raising."""

@@ -21,7 +21,7 @@ def _msg(arrays) -> Message:
 
 
 def _descs(frames) -> list:
-  return msgpack.unpackb(msgpack.unpackb(frames[-1])["arrays"])  # the header travels last
+  return msgpack.unpackb(msgpack.unpackb(frames[0])["arrays"])
 
 
 def _filled() -> Arena:
@@ -46,7 +46,7 @@ def test_whole_arena_is_one_frame_sent_by_buffer_and_decodes_unchanged():
   q = np.array([1, 2, 3], np.int16)
   msg = _msg({"z": a["z"], "x": a["x"], "q": q, "y": a["y"]})  # any order, mixed with an ordinary array
   frames = codec.encode(msg)
-  assert len(frames) == 3 and frames[0] is a.buffer  # the arena (not copied), the packed small ones, the header
+  assert len(frames) == 3 and frames[1] is a.buffer  # header, the arena (not copied), the packed small ones
   assert _descs(frames) == [["z", "<f8", [2, 2], 1, 72, 32], ["x", "<f4", [3, 5], 1, 0, 60], ["q", "<i2", [3], 2, 0, 6],
                             ["y", "|i1", [7], 1, 64, 7]]
   out = codec.decode([bytes(memoryview(f)) for f in frames], check_schema=False)
@@ -59,7 +59,7 @@ def test_whole_arena_is_one_frame_sent_by_buffer_and_decodes_unchanged():
 def test_views_may_be_renamed():
   a = _filled()
   frames = codec.encode(_msg({"obs/x": a["x"], "obs/y": a["y"], "obs/z": a["z"]}))
-  assert len(frames) == 2 and frames[0] is a.buffer
+  assert len(frames) == 2 and frames[1] is a.buffer
 
 
 @pytest.mark.parametrize("case", ["sliced", "last_left_out", "named_twice"])
@@ -73,7 +73,7 @@ def test_falls_back_to_ordinary_frames_where_whole_would_be_wrong(case):
   for k, v in arrays.items():
     np.testing.assert_array_equal(out.arrays[k], v)
   if case == "sliced":  # the slice is an ordinary array; y and z still end the buffer, so it goes whole
-    assert frames[0] is a.buffer and _descs(frames)[0][3] == 2
+    assert frames[1] is a.buffer and _descs(frames)[0][3] == 2
   else:
     assert not any(type(f) is ArenaBuffer for f in frames)
 
@@ -124,7 +124,7 @@ def test_over_a_real_socket_large_arena_is_zero_copy_and_intact():
     a["valid"][:] = True
     msg = _msg(dict(a.arrays))
     frames = codec.encode(msg)
-    assert len(frames) == 2 and frames[0].nbytes >= codec.ZERO_COPY_MIN_BYTES
+    assert len(frames) == 2 and frames[1].nbytes >= codec.ZERO_COPY_MIN_BYTES
     transport.send_frames(push, frames)
     got = transport.recv_frames(pull, 10.0)
     assert got is not None and len(got) == 2

@@ -50,8 +50,8 @@ def test_large_and_noncontiguous_and_bigendian():
 def test_decode_is_zero_copy():
   a = np.arange(100_000, dtype=np.float64)
   frames = codec.encode(_msg(a=a))
-  buf = bytearray(memoryview(frames[0]))  # the array's frame; the header travels last
-  out = codec.decode([buf, frames[1]])
+  buf = bytearray(memoryview(frames[1]))
+  out = codec.decode([frames[0], buf])
   assert np.shares_memory(out.arrays["a"], np.frombuffer(buf, np.uint8))
 
 

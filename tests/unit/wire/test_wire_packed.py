@@ -33,13 +33,13 @@ def test_layout_is_aligned_packed_in_order_after_the_large_frames():
   d = np.array(True)                                    # 1 B at 24
   e = np.zeros((0, 4), np.float32)                      # 0 B at 32 (aligned, nothing after it)
   frames = codec.encode(_msg(a=a, b=b, big=big, d=d, e=e))
-  assert len(frames) == 3 and frames[0] is big  # the large array is sent by buffer, not copied
-  header = msgpack.unpackb(frames[-1])  # drivelab/3: the header travels last; indices still count it as frame 0
-  assert header["magic"] == "drivelab/3" and header["frames"] == 3
+  assert len(frames) == 3 and frames[1] is big  # the large array is sent by buffer, not copied
+  header = msgpack.unpackb(frames[0])
+  assert header["magic"] == "drivelab/2" and header["frames"] == 3
   assert msgpack.unpackb(header["arrays"]) == [
       ["a", "|i1", [3], 2, 0, 3], ["b", "<f8", [2], 2, 8, 16], ["big", "<f4", [16384], 1],
       ["d", "|b1", [], 2, 24, 1], ["e", "<f4", [0, 4], 2, 32, 0]]
-  packed = bytes(frames[1])
+  packed = bytes(frames[2])
   assert packed == bytes([1, 2, 3]) + bytes(5) + b.tobytes() + b"\x01" + bytes(7)
   out = codec.decode(frames)
   assert list(out.arrays) == ["a", "b", "big", "d", "e"]
@@ -52,17 +52,17 @@ def test_threshold_and_message_without_small_arrays():
   just_small = np.zeros(BIG - 1, np.uint8)
   just_big = np.zeros(BIG, np.uint8)
   frames = codec.encode(_msg(s=just_small, l=just_big))
-  assert [memoryview(f).nbytes for f in frames[:-1]] == [BIG, BIG - 1]
+  assert [memoryview(f).nbytes for f in frames[1:]] == [BIG, BIG - 1]
   frames = codec.encode(_msg(l=just_big))
-  assert len(frames) == 2 and msgpack.unpackb(msgpack.unpackb(frames[-1])["arrays"]) == [["l", "|u1", [BIG], 1]]
+  assert len(frames) == 2 and msgpack.unpackb(msgpack.unpackb(frames[0])["arrays"]) == [["l", "|u1", [BIG], 1]]
   assert len(codec.encode(_msg())) == 1
 
 
 def test_packed_arrays_are_read_only_views_into_the_received_frame():
   small = {f"x{i}": np.full((2, 3), i, np.float32) for i in range(5)}
   frames = codec.encode(_msg(**small))
-  buf = bytearray(memoryview(frames[0]))  # a writable buffer, as a worst case
-  out = codec.decode([buf, frames[1]])
+  buf = bytearray(memoryview(frames[1]))  # a writable buffer, as a worst case
+  out = codec.decode([frames[0], buf])
   raw = np.frombuffer(buf, np.uint8)
   for i in range(5):
     x = out.arrays[f"x{i}"]
@@ -125,35 +125,12 @@ def test_layout_memo_rechecks_when_frame_sizes_or_limits_differ():
   frames = codec.encode(_msg(a=np.arange(6, dtype=np.float32).reshape(2, 3), big=np.zeros(BIG, np.uint8)))
   assert codec.decode(frames).arrays["a"].shape == (2, 3)
   assert codec.decode(frames).arrays["big"].nbytes == BIG  # same layout again: from the memo
-  big, packed, header = frames
-  for bad, reason in (([big, bytes(28), header], "size_mismatch"),  # packed frame 4 bytes too long
-                      ([bytes(BIG - 8), packed, header], "size_mismatch"),
-                      ([big, header], "frame_count")):
+  for bad, reason in (([frames[0], frames[1], bytes(28)], "size_mismatch"),  # packed frame 4 bytes too long
+                      ([frames[0], bytes(BIG - 8), frames[2]], "size_mismatch"),
+                      ([frames[0], frames[1]], "frame_count")):
     with pytest.raises(DecodeError) as ei:
       codec.decode(bad)
     assert ei.value.reason == reason
   with pytest.raises(DecodeError) as ei:
     codec.decode(frames, codec.Limits(max_dims=1))
   assert ei.value.reason == "too_many_dims"
-
-
-def test_header_travels_last_and_header_first_drivelab2_still_decodes():
-  a, big = np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(BIG, dtype=np.uint8)
-  frames = codec.encode(_msg(a=a, big=big))
-  assert frames[0] is big and bytes(frames[-1][1:len(codec.framing.HEADER_LAST_PREFIX) + 1]) == (
-      codec.framing.HEADER_LAST_PREFIX)
-  header = msgpack.unpackb(frames[-1])
-  header["magic"] = "drivelab/2"  # what the previous producers sent: the same header, first
-  v2 = codec.decode([msgpack.packb(header)] + frames[:-1])
-  assert v2.arrays["a"].tolist() == a.tolist() and np.array_equal(v2.arrays["big"], big)
-  with pytest.raises(DecodeError) as ei:  # a drivelab/3 header must be the last frame or the first, nowhere else
-    codec.decode([frames[0], frames[2], frames[1]])
-  assert ei.value.reason in ("header_msgpack", "header_not_map", "bad_magic")
-
-
-def test_a_last_frame_that_only_looks_like_a_header_is_rejected_not_crashing():
-  fake = np.frombuffer(b"\x89" + codec.framing.HEADER_LAST_PREFIX + bytes(40), np.uint8)  # a map, cut short
-  assert codec.framing.header_last(memoryview(fake))
-  with pytest.raises(DecodeError) as ei:
-    codec.decode([np.zeros(8, np.uint8), fake])
-  assert ei.value.reason in ("header_msgpack", "missing_key", "bad_type")

@@ -261,8 +261,7 @@ def test_credit_window_bounds_in_flight_when_the_producer_binds(ctx):
 
 
 def test_recv_frames_types_and_timeout(ctx):
-  """Route frames arrive as bytes, the message's frames (arrays, then the header) as zero-copy zmq.Frame; a
-  timeout gives None."""
+  """Route frames and the header arrive as bytes, array frames as zero-copy zmq.Frame; a timeout gives None."""
   router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
   router.bind("inproc://recv-frames")
   dealer.connect("inproc://recv-frames")
@@ -273,7 +272,7 @@ def test_recv_frames_types_and_timeout(ctx):
                                                     "done": np.zeros((2, 3), bool)}, params_version=0, env_steps=6)
   transport.send_message(dealer, msg)
   frames = transport.recv_frames(router, 5.0, n_route=1)
-  assert [type(f) for f in frames] == [bytes, zmq.Frame, zmq.Frame, zmq.Frame]  # identity, big, packed, header
+  assert [type(f) for f in frames] == [bytes, bytes, zmq.Frame, zmq.Frame]  # identity, header, big, packed
   out = codec.decode(frames[1:])
   np.testing.assert_array_equal(out.arrays["obs/big"], big)
   assert out.arrays["action"].tolist() == [[0, 1, 2], [3, 4, 5]]
