@@ -13,8 +13,8 @@ nothing new).
 
 A message may mix arena views with ordinary arrays, and may name the views as it likes. `encode` sends the arena
 buffer whole only when the message's arena views are the arena's own (not slices of them), none twice, and the
-last one ends the buffer (else those arrays
-go the ordinary way, copied or one frame each, so a sliced view never drags its whole buffer onto the wire).
+last one ends the buffer (else those arrays go the ordinary way, copied or one frame each, so a sliced view never
+drags its whole buffer onto the wire).
 Like any zero-copy array, an arena must not be written to after it was sent: allocate one per message.
 """
 
@@ -61,11 +61,6 @@ class Arena:
 
   def __getitem__(self, name: str) -> np.ndarray:
     return self.arrays[name]
-
-  @classmethod
-  def like(cls, arrays: Mapping[str, np.ndarray]) -> "Arena":
-    """An arena with room for arrays shaped like these (not filled)."""
-    return cls({k: (np.shape(v), np.asarray(v).dtype) for k, v in arrays.items()})
 
   @classmethod
   def stack(cls, records: list[Mapping[str, np.ndarray]]) -> "Arena":
