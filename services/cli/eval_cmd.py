@@ -19,6 +19,8 @@ from services.cli import scenes_io
 
 AGENT_MODES = ("sdc", "all")
 AT_GOAL = ("stop", "drive-on")
+AT_GOAL_HELP = ("stop (paper 000: the episode ends at the goal) or drive-on (paper 002's Table 2: no goal done "
+                "signal, progress = distance driven / logged distance)")
 
 
 def register(subparsers) -> None:
@@ -28,8 +30,7 @@ def register(subparsers) -> None:
   p.add_argument("--num", type=int, default=None, help="scenes to use (synthetic: how many; default 8)")
   p.add_argument("--seed", type=int, default=0, help="synthetic scene seed and evaluation PRNG seed")
   p.add_argument("--agents", default="all", help="sdc | all | N (the N controllable agents nearest the SDC)")
-  p.add_argument("--at-goal", default="stop", help="stop (paper 000: the episode ends at the goal) or drive-on "
-                 "(paper 002's Table 2: no done signals, progress = distance driven / logged distance)")
+  p.add_argument("--at-goal", default="stop", help=AT_GOAL_HELP)
   p.add_argument("--batch-size", type=int, default=2, help="scenes per compiled batch")
   p.add_argument("--held-out-fraction", type=float, default=0.2, help="share of scenes in the held-out split")
   p.add_argument("--split-seed", type=int, default=0, help="seed of the train/held-out split")

@@ -39,8 +39,9 @@ def register(subparsers) -> None:
   p.add_argument("--pretrain-steps", type=int, default=None, help="agent steps of BC pretraining (default --steps)")
   p.add_argument("--run-dir", default="runs/train", help="outputs and checkpoints; reruns resume from here")
   p.add_argument("--agents", default="all", help="sdc | all | N controlled agents per scene")
-  p.add_argument("--at-goal", default="stop", help="stop (the episode ends at the goal) or drive-on (no goal done "
-                 "signal: paper 002's setting, whose Table 2 progress ratio a goal stop caps below 1)")
+  from services.cli import eval_cmd
+
+  p.add_argument("--at-goal", default="stop", help=eval_cmd.AT_GOAL_HELP)
   p.add_argument("--net", choices=NETS, default="mlp")
   p.add_argument("--preset", choices=PRESETS, default="small", help="network size")
   p.add_argument("--scenes-per-iter", type=int, default=4, help="scenes simulated per iteration")

@@ -175,7 +175,11 @@ class Replay:
       self.stale += int((~fresh).sum())
       self.rt.dropped.labels(what="stale_item").inc(int((~fresh).sum()))
       b = arrays["valid"].shape[1] // len(fresh)
-      arrays["valid"] = arrays["valid"] & np.repeat(fresh, b)[None, :]
+      mask = np.repeat(fresh, b)[None, :]
+      if type(arrays["valid"].base) is arena_lib.ArenaBuffer:  # K > 1: in place keeps the batch one frame
+        np.logical_and(arrays["valid"], mask, out=arrays["valid"])
+      else:  # K = 1: a view of the sampled buffer, not ours to write
+        arrays["valid"] = arrays["valid"] & mask
     ok = self.links.samples.send_fields("ReplayBatch", arrays=arrays, timeout_s=0.0, table="trajectories",
                                         params_version=int(versions.min()),
                                         staleness_versions=int(self.newest_version - versions.min()))
