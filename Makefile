@@ -16,7 +16,7 @@ export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export PYTHONHASHSEED ?= 0
 export PROMETHEUS_DISABLE_CREATED_SERIES := True
 
-.PHONY: install run test test-fast bench up down lint clean
+.PHONY: install run test test-slow test-all bench up down lint clean
 
 install: $(STAMP)
 
@@ -29,11 +29,15 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/drivelab demo --scenes $(SCENES) --out $(RUN_DIR) --stack-seconds $(STACK_SECONDS) $(if $(REAL),--real $(REAL))
 
+# The suite: everything but the tests marked slow (learning curves, whole-stack runs, real-scene expert sweeps).
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --timeout 900 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --timeout 900 -m "not slow" $(PYTEST_ARGS)
 
-test-fast: install
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
+# The slow tests alone; CI (.ci/run) runs them after `make test`.
+test-slow: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --timeout 900 -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow
 
 bench: install
 	$(BIN)/drivelab bench sim --quick --out benchmarks/results/sim.json

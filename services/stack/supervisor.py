@@ -6,8 +6,9 @@ NAME` with its settings in DRIVELAB_* env vars; prints each process's /metrics U
 that exits (counted in drivelab_restarts_total{component} on the supervisor's own /metrics); stops everything on
 SIGINT/SIGTERM or after `duration_s`. `run_dir/stack.json` always lists the live processes (name, pid, metrics
 port), and each process logs to run_dir/logs/NAME.log. Simulator replicas after the first start once it has
-compiled (`stagger`), so a cold start compiles once and the others read JAX's persistent cache. With `prometheus`, Debian's `prometheus` binary scrapes
-every process with the config of services.stack.prometheus_config.
+compiled (`stagger`), so a cold start compiles once and the others read JAX's persistent cache; after a successful
+`warmup` (which fills that cache first) they all start at once. With `prometheus`, Debian's `prometheus` binary
+scrapes every process with the config of services.stack.prometheus_config.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class StackConfig:
     scrape_interval_s: Prometheus scrape interval.
     max_restarts: restarts per process before the supervisor gives up on it.
     extra_env: more env vars for every child (e.g. DRIVELAB_SCENE_MAX_OBJECTS).
-    stagger: start simulator replicas after the first has compiled (one compile at a time on small machines).
+    stagger: start simulator replicas after the first has compiled (one compile at a time on small machines);
+      moot after a successful warm-up.
     warmup: before starting anything (and the duration clock), run `serve simulator --warmup` once so the
       simulator's compiles are in JAX's persistent cache.
     algo: the learner's algorithm, "ppo" or "bc" (bc also turns on the scene loaders' expert trajectories);
@@ -247,8 +249,9 @@ class Supervisor:
       self.start(c)
     self.deferred = []
 
-  def run_warmup(self) -> None:
-    """Compiles the simulator once in a child with the stack's env; its log is run_dir/logs/warmup.log."""
+  def run_warmup(self) -> int | None:
+    """Compiles the simulator once in a child with the stack's env; its log is run_dir/logs/warmup.log. Returns the
+    child's exit code (None when stopped first)."""
     child = next(c for c in self.children if c.service == "simulator")
     self.say("warming up: compiling the simulator into JAX's persistent cache")
     t0 = time.monotonic()
@@ -261,17 +264,20 @@ class Supervisor:
         proc.terminate()
         proc.wait()
     self.say(f"warm-up done in {time.monotonic() - t0:.0f} s (exit code {proc.returncode})")
+    return proc.returncode
 
   def run(self) -> int:
     self.say(f"supervisor pid={os.getpid()} metrics=http://127.0.0.1:{self.metrics_port}/metrics "
              f"port_offset={self.port_offset} run_dir={self.cfg.run_dir}")
+    warmed = False
     if self.cfg.warmup:
-      self.run_warmup()
+      warmed = self.run_warmup() == 0
       if self.stop.is_set():
         return 0
     self.started_s = time.monotonic()
-    self.deferred = [c for c in self.children if self.cfg.stagger and c.service == "simulator"
-                     and not c.name.endswith("-0")]
+    # After a successful warm-up every replica loads the compiled programs from the cache: nothing to stagger.
+    stagger = self.cfg.stagger and not warmed
+    self.deferred = [c for c in self.children if stagger and c.service == "simulator" and not c.name.endswith("-0")]
     for c in self.children:
       if c not in self.deferred:
         self.start(c)

@@ -45,18 +45,23 @@ def test_fused_collect_on_rows_matches_every_object_rollout():
   params = agent.host_init(0, fused.observation_example(scenes[0], ecfg))
   from shared.scenes import types
   pool = jax.tree.map(jnp.asarray, types.stack(scenes))
-  c = fused.collect(agent, cfg, params, pool, jax.random.PRNGKey(0), expert=True)
+  c = jax.jit(lambda p, sc, k: fused.collect(agent, cfg, p, sc, k, expert=True))(params, pool, jax.random.PRNGKey(0))
   m = min(8, pool.objects.x.shape[1])
   assert c.reward.shape == (6, 2, m) and c.acting.shape == (6, 2, m)
   # Reference: the same grid expert on every object slot, rows picked afterwards.
-  state = env.reset_batch(pool, jax.random.split(jax.random.PRNGKey(0))[0], ecfg)
+  state = jax.jit(lambda sc, k: env.reset_batch(sc, k, ecfg))(pool, jax.random.split(jax.random.PRNGKey(0))[0])
   rows = rows_lib.acting_rows(state.controlled, m)
   assert int(c.acting[0].sum()) == int(jnp.sum(state.controlled)) > 0
   act = fused._expert_act(agent, ecfg)
-  s, rewards, obs0 = state, [], rows.gather(jax.vmap(lambda x: env.observe(x, ecfg))(state))
+
+  @jax.jit  # one compile for the six reference steps (eager, each step took minutes on 2 cores)
+  def ref_step(s, key):
+    grid, _ = jax.vmap(act)(s, jax.random.split(key, 2))
+    return env.step_batch(s, grid, ecfg)
+
+  s, rewards, obs0 = state, [], rows.gather(jax.jit(jax.vmap(lambda x: env.observe(x, ecfg)))(state))
   for t in range(6):
-    grid, _ = jax.vmap(act)(s, jax.random.split(jax.random.PRNGKey(t), 2))
-    s, out = env.step_batch(s, grid, ecfg)
+    s, out = ref_step(s, jax.random.PRNGKey(t))
     rewards.append(rows.gather(out.reward))
   np.testing.assert_allclose(c.reward, jnp.stack(rewards), atol=1e-6)
   np.testing.assert_allclose(c.obs.ego[0], agent_lib.as_net_input(obs0).ego, atol=1e-6)
