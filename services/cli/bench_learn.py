@@ -178,7 +178,9 @@ def real_part(s: dict, seed: int, real_dir: str) -> dict:
     return row
 
   n = min(4, len(train_scenes))
-  bc_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_bc"], scenes_per_iter=n), "bc", env_cfg)
+  bc_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_bc"], scenes_per_iter=n, bc_dagger=s.get("bc_dagger", 0.0)),
+                                  "bc", env_cfg)
+  bc_cfg = dataclasses.replace(bc_cfg, dagger_ramp_iters=s.get("bc_dagger_ramp", 0))
   params, bc_steps, bc_wall, _ = _train(agent, bc_cfg, train_scenes, s["bc_iters"], seed, None, curve, "bc")
   rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))
   ppo_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_finetune"], scenes_per_iter=n), "ppo", env_cfg,

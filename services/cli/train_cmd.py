@@ -46,6 +46,9 @@ def register(subparsers) -> None:
   p.add_argument("--preset", choices=PRESETS, default="small", help="network size")
   p.add_argument("--scenes-per-iter", type=int, default=4, help="scenes simulated per iteration")
   p.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-4 PPO, 1e-3 BC)")
+  p.add_argument("--bc-dagger", type=float, default=0.0,
+                 help="BC: probability that the policy drives a step while the grid expert labels it (DAgger-style; "
+                      "0: the expert drives)")
   p.add_argument("--epochs", type=int, default=4)
   p.add_argument("--minibatches", type=int, default=4)
   p.add_argument("--checkpoint-every", type=int, default=20, help="iterations between checkpoints")
@@ -96,7 +99,7 @@ def train_env_config(agents: str, at_goal: str = "stop"):
 
 
 def fused_config(args, algo: str, env_cfg, ppo_loss=None):
-  """FusedConfig from the flags (lr, epochs, minibatches, scenes_per_iter); `ppo_loss`: a ppo.PPOConfig."""
+  """FusedConfig from the flags (lr, epochs, minibatches, scenes_per_iter, bc_dagger); `ppo_loss`: a ppo.PPOConfig."""
   from shared.algos import bc_update, fused, ppo, ppo_update, training
 
   lr = args.lr if args.lr is not None else (3e-4 if algo == "ppo" else 1e-3)
@@ -105,7 +108,8 @@ def fused_config(args, algo: str, env_cfg, ppo_loss=None):
       env=env_cfg, algo=algo, num_scenes=args.scenes_per_iter,
       ppo=ppo_update.PPOUpdateConfig(ppo=ppo_loss or ppo.PPOConfig(), optimizer=opt, num_epochs=args.epochs,
                                      num_minibatches=args.minibatches),
-      bc=bc_update.BCUpdateConfig(optimizer=opt, num_epochs=args.epochs, num_minibatches=args.minibatches))
+      bc=bc_update.BCUpdateConfig(optimizer=opt, num_epochs=args.epochs, num_minibatches=args.minibatches),
+      dagger=getattr(args, "bc_dagger", 0.0) if algo == "bc" else 0.0)
 
 
 def evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, run_dir: str, source: dict,

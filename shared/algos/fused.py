@@ -9,7 +9,8 @@ of scenes, and the learner's update step runs on what it collected, all in one j
 Each iteration draws `num_scenes` scenes from the pool (held on the device inside the carry), resets them, and rolls
 `num_steps` steps (default: to the end of the log, so episodes end by termination or the log's truncation).
 PPO: actions sampled from the current params (on-policy, GAE targets). BC: the closed-loop grid expert of the log
-(`rollout.grid_expert`) drives, and its grid actions with the rewards of that replay are the demonstration.
+(`rollout.grid_expert`) drives, and its grid actions with the rewards of that replay are the demonstration; with
+`dagger` > 0 the policy itself drives some steps and the expert only labels them (DAgger-style).
 The update is exactly the learner service's: `ppo_update` / `bc_update`.
 Shapes: B scenes, O objects, T steps, M acting rows per scene (shared.algos.rows: the controlled objects, 1 for
 the self-driving car alone, else min(max_controlled, O)); the policy runs on, and the update learns from, the M
@@ -48,6 +49,12 @@ class FusedConfig:
     num_steps: steps per iteration (None: from init_step to the end of the log).
     ppo: the PPO learner.
     bc: the BC learner.
+    dagger: BC only: the probability that, at each step, an acting agent's own policy (sampled) drives instead of
+      the grid expert (DAgger-style data aggregation). Every visited state is still labelled with the grid
+      expert's action for it (the expert tracks the log from wherever the car is), so the demonstrations cover
+      the states the policy drifts into. 0: the expert alone drives (plain BC).
+    dagger_ramp_iters: the policy's share grows linearly from 0 to `dagger` over this many iterations (0: at once),
+      so the first, untrained policies do not fill the demonstrations with states far off the log.
   """
 
   env: env.EnvConfig = env.EnvConfig()
@@ -56,10 +63,14 @@ class FusedConfig:
   num_steps: int | None = None
   ppo: ppo_update.PPOUpdateConfig = ppo_update.PPOUpdateConfig()
   bc: bc_update.BCUpdateConfig = bc_update.BCUpdateConfig()
+  dagger: float = 0.0
+  dagger_ramp_iters: int = 0
 
   def __post_init__(self):
     if self.algo not in ALGOS:
       raise ValueError(f"FusedConfig.algo must be one of {ALGOS}, got {self.algo!r}")
+    if not 0.0 <= self.dagger <= 1.0:
+      raise ValueError(f"FusedConfig.dagger must be a probability in [0, 1], got {self.dagger}")
 
   def steps_for(self, num_timesteps: int) -> int:
     return num_timesteps - 1 - self.env.init_step if self.num_steps is None else int(self.num_steps)
@@ -107,8 +118,13 @@ def _expert_act(agent: Agent, cfg: env.EnvConfig):
   return act
 
 
-def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, rng: Array, expert: bool) -> Collected:
-  """Resets B scenes and rolls them `num_steps` steps under the policy (sampled) or the grid expert."""
+def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, rng: Array, expert: bool,
+            dagger: float | Array = 0.0) -> Collected:
+  """Resets B scenes and rolls them `num_steps` steps under the policy (sampled) or the grid expert. With `expert`
+  and `dagger` (a Python float > 0, or a traced probability) each acting agent's sampled policy action drives with
+  probability `dagger` at each step, and the recorded actions (factors, label_ok) are still the grid expert's for
+  the visited states."""
+  mix = not isinstance(dagger, (int, float)) or dagger > 0
   ecfg = cfg.env
   k_reset, k_roll = jax.random.split(rng)
   state = env.reset_batch(scenarios, k_reset, ecfg)
@@ -120,9 +136,14 @@ def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, r
   def body(carry, key):
     s, obs = carry
     if expert:
+      if mix:
+        key, k_policy, k_mix = jax.random.split(key, 3)
       grid_o, ok_o = jax.vmap(expert_act)(s, jax.random.split(key, s.t.shape[0]))
       grid, ok = rows.gather((grid_o, ok_o))
       factors, logp, value = agent.to_factors(grid), jnp.zeros(grid.shape), jnp.zeros(grid.shape)
+      if mix:  # the policy drives some steps; the labels stay the expert's
+        own = agent.select_action(params, obs, k_policy).action
+        grid_o = rows.scatter(jnp.where(jax.random.bernoulli(k_mix, dagger, grid.shape), own, grid))
     else:
       a = agent.select_action(params, obs, key)
       grid, factors, logp, value, ok = a.action, a.factors, a.logp, a.value, jnp.ones(a.action.shape, bool)
@@ -176,6 +197,14 @@ def make_update_fn(agent: Agent, cfg: FusedConfig):
   return bc_update.make_bc_update_fn(agent, cfg.bc)
 
 
+def dagger_probability(cfg: FusedConfig, iteration: Array) -> float | Array:
+  """The policy's share of the driving at BC iteration `iteration` (0-based): cfg.dagger, reached linearly over
+  cfg.dagger_ramp_iters iterations. A Python float when there is no ramp (0.0: plain BC, no policy in the rollout)."""
+  if cfg.dagger == 0 or cfg.dagger_ramp_iters <= 0:
+    return cfg.dagger
+  return cfg.dagger * jnp.minimum(jnp.asarray(iteration, jnp.float32) / cfg.dagger_ramp_iters, 1.0)
+
+
 def make_train_iteration(agent: Agent, cfg: FusedConfig):
   """Jitted `train_iteration(carry) -> (carry, metrics)`: COLLECT then UPDATE; the carry is donated."""
   if agent.grid_cfg != cfg.env.actions:
@@ -186,7 +215,8 @@ def make_train_iteration(agent: Agent, cfg: FusedConfig):
     rng, k_scenes, k_roll = jax.random.split(carry.rng, 3)
     # COLLECT
     scenarios = sample_scenes(carry.scenes, cfg.num_scenes, k_scenes)
-    c = collect(agent, cfg, carry.train.params, scenarios, k_roll, expert=cfg.algo == "bc")
+    c = collect(agent, cfg, carry.train.params, scenarios, k_roll, expert=cfg.algo == "bc",
+                dagger=dagger_probability(cfg, carry.iteration))
     # UPDATE
     batch = to_trajectory(c) if cfg.algo == "ppo" else to_demonstration(c)
     train, metrics = update(carry.train, batch)
@@ -249,6 +279,6 @@ def run(iteration_fn, carry: FusedCarry, total_agent_steps: int, on_iteration=No
   return carry, steps
 
 
-__all__ = ["ALGOS", "Collected", "FusedCarry", "FusedConfig", "collect", "init_carry", "make_train_iteration",
-           "make_update_fn", "observation_example", "rollout_rates", "run", "sample_scenes", "to_demonstration",
-           "to_trajectory"]
+__all__ = ["ALGOS", "Collected", "FusedCarry", "FusedConfig", "collect", "dagger_probability", "init_carry",
+           "make_train_iteration", "make_update_fn", "observation_example", "rollout_rates", "run", "sample_scenes",
+           "to_demonstration", "to_trajectory"]
