@@ -5,7 +5,9 @@ Full step = dynamics + observations and metrics of the controlled objects + rewa
 of the controlled objects every `candidate_refresh_steps` steps), run as `rollout_batch` inside one `lax.scan` under
 jit with random grid actions that depend on the observation (through a sum that never changes them), so XLA cannot
 drop the observation as dead code.
-Scenes: the real ones in a folder (tiled to fill the batch) and/or synthetic ones. Agents: the controlled set is
+Scenes: the real ones in a folder (tiled to fill the batch) and/or synthetic ones. Batch 1 is timed on each of the
+largest batch's scenes in turn (same steps each) and reports the means (ms per step, controlled agents), so its
+per-agent-step cost compares like with like against the larger batches. Agents: the controlled set is
 chosen once for the largest count and cut down per case, so every case shares one compiled program (observations
 and metrics are computed for max_controlled rows: the cost does not depend on how many are controlled,
 agent-steps/s does).
@@ -61,23 +63,33 @@ def _load_scenes(source: str, scene_cfg, count: int):
 
 def _timed(fn, args, repeats: int):
   """(compile seconds, median run seconds) of jit(fn)(*args)."""
+  compile_s, runs = _timed_each(fn, [args], repeats)
+  return compile_s, runs[0]
+
+
+def _timed_each(fn, arg_sets, repeats: int):
+  """(compile seconds, [median run seconds per argument set]) of jit(fn) compiled once (the sets share shapes),
+  each set warmed up, then timed `repeats` times in turn (interleaved, so load changes hit every set alike)."""
   jax, _ = _jax()
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = jax.jit(fn).lower(*arg_sets[0]).compile()
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(*args))  # warm-up
-  runs = []
+  for args in arg_sets:
+    jax.block_until_ready(compiled(*args))  # warm-up
+  runs = [[] for _ in arg_sets]
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    runs.append(time.perf_counter() - t0)
-  return compile_s, statistics.median(runs)
+    for i, args in enumerate(arg_sets):
+      t0 = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      runs[i].append(time.perf_counter() - t0)
+  return compile_s, [statistics.median(r) for r in runs]
 
 
-def _batch(scenes, size: int):
+def _batch(scenes, size: int, start: int = 0):
+  """The scenes start, start + 1, ... (tiled) stacked into a batch of `size`."""
   from shared.scenes import types
   jax, jnp = _jax()
-  return jax.tree.map(jnp.asarray, types.stack([scenes[i % len(scenes)] for i in range(size)]))
+  return jax.tree.map(jnp.asarray, types.stack([scenes[(start + i) % len(scenes)] for i in range(size)]))
 
 
 def _full_step_cases(scenes, label, batch_sizes, agents, steps, cfg, repeats):
@@ -90,18 +102,24 @@ def _full_step_cases(scenes, label, batch_sizes, agents, steps, cfg, repeats):
     tie = (jnp.sum(observations.flatten(obs)) > 1e30).astype(jnp.int32)
     return jax.random.randint(rng, obs.ego.shape[:1], 0, n_act) + tie
   rows = []
+  largest = max(batch_sizes)
+  reset = jax.jit(lambda s: env.reset_batch(s, jax.random.PRNGKey(0), cfg))
+  run = lambda st: rollout.rollout_batch(policy, None, st, steps, cfg, jax.random.PRNGKey(1))[1].reward
   for b in batch_sizes:
-    states = jax.jit(lambda s: env.reset_batch(s, jax.random.PRNGKey(0), cfg))(_batch(scenes, b))
-    run = lambda st: rollout.rollout_batch(policy, None, st, steps, cfg, jax.random.PRNGKey(1))[1].reward
+    # Batch 1 runs each of the largest batch's scenes in turn (same steps each; means reported), so its per-agent
+    # figures cover the same scenes and controlled objects as the largest batch's.
+    starts = list(range(largest)) if b == 1 else [0]
+    batches = [reset(_batch(scenes, b, start)) for start in starts]
     for a in agents:
       # Keep the first `a` controlled objects of each scene (same compiled program for every a).
-      keep = jnp.cumsum(states.controlled, axis=1) <= a
-      st = states.replace(controlled=states.controlled & keep)
-      n_ctrl = float(st.controlled.sum(1).mean())
+      cut = [s.replace(controlled=s.controlled & (jnp.cumsum(s.controlled, axis=1) <= a)) for s in batches]
+      n_ctrl = statistics.mean(float(st.controlled.sum(1).mean()) for st in cut)
       rss0 = _rss_mb()
-      comp, sec = _timed(run, (st,), repeats)
+      comp, secs = _timed_each(run, [(st,) for st in cut], repeats)
+      sec = statistics.mean(secs)
       ms = sec / steps * 1e3
       rows.append({"scenes": label, "batch_size": b, "agents_requested": a, "agents_controlled_mean": n_ctrl,
+                   "scenes_timed": len(starts) * b,
                    "steps": steps, "compile_s": round(comp, 2), "ms_per_step": round(ms, 3),
                    "ms_per_scene_step": round(ms / b, 4),
                    "agent_steps_per_s": round(b * n_ctrl * steps / sec, 1),

@@ -7,9 +7,10 @@
 Controlled objects that are not done move by the bicycle model; done ones stand still (stop at goal, crash with
 done signals on) and leave the scene after their own log ends (`leave_at_log_end`); every other object is set to
 its logged state at t+1. Road candidates (the K road points per
-object that observations and metrics look at) are refreshed every `candidate_refresh_steps` steps under a
-`lax.cond` on the step counter, so per-step cost does not grow with the map size. In `step_batch` the condition
-reads the first scene's counter (scenes of a batch step in lockstep), so the refresh stays a real branch instead of
+object that observations and metrics look at) are refreshed every `candidate_refresh_steps` steps by a while loop
+of 0 or 1 iterations on the step counter (not a lax.cond, whose branch that skips the refresh would copy the whole
+candidate cache every step), so per-step cost does not grow with the map size. In `step_batch` the condition reads
+the first scene's counter (scenes of a batch step in lockstep), so the refresh stays a real branch instead of
 becoming a select that would pay for it every step.
 
 Observations, metrics and road-candidate refreshes are computed for the controlled objects only, the scene's
@@ -256,7 +257,7 @@ def _ended(prev: SimState, state: SimState, m: metrics.StepMetrics, cfg: EnvConf
 
 
 def _finish(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool,
-            trig=None) -> tuple[SimState, StepOutput]:
+            trig=None, prev_obs=None) -> tuple[SimState, StepOutput]:
   """Metrics, done flags, reward and observation of the transition prev -> state.
 
   rows_only (static): compute for the scene's controlled objects alone (M = max_controlled rows, see
@@ -265,7 +266,9 @@ def _finish(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool,
   controlled (so both branches return the same thing for such scenes). The box gaps ((M, O) or (O, O)) and the
   projections on the logged paths are computed once and shared by the metrics and the observations; so are trig,
   (cos, sin) (O,) of state's yaws (computed here when None; _step_branches passes them in from outside its
-  branches, where XLA on CPU cannot fuse cos and sin into the (M, O) loops that read them).
+  branches, where XLA on CPU cannot fuse cos and sin into the (M, O) loops that read them). prev_obs: the
+  observation of prev this env returned (see _step_batch_into), whose rows of objects not observed are zero: the
+  new rows are scattered into it instead of into zeros.
   """
   o, log = state.objects, state.scenario.objects
   rows, slot, slot_ok, scene_rows_only = _rows(prev, cfg)
@@ -282,15 +285,16 @@ def _finish(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool,
     m = jax.tree.map(lambda a: jnp.where(keep, a, jnp.zeros_like(a)), m)
     gap, nearest = gap[rows], nearest[rows]
   state, reward, done, truncated = _ended(prev, state, m, cfg)
-  obs = observations.observe_spread(state, rows, slot, slot_ok, cfg.obs, gap, nearest, trig)
+  obs = observations.observe_spread(state, rows, slot, slot_ok, cfg.obs, gap, nearest, trig, into=prev_obs)
   out = StepOutput(obs=obs, reward=reward.astype(jnp.float32), done=done,
                    truncated=truncated, metrics=m, controlled=prev.controlled, objects=state.objects)
   return state, out
 
 
 def _trig(state: SimState):
-  """(cos, sin) (O,) of every object's yaw."""
-  return jnp.cos(state.objects.yaw), jnp.sin(state.objects.yaw)
+  """(cos, sin) (O,) of every object's yaw, each materialised once: fused into the (M, O) and (M, k, ...) loops
+  that read them (with a single finish branch nothing else stops it), XLA on CPU would evaluate them per element."""
+  return geometry.materialised(jnp.cos(state.objects.yaw)), geometry.materialised(jnp.sin(state.objects.yaw))
 
 
 def _row_sizes(cfg: EnvConfig) -> tuple[int, ...]:
@@ -316,37 +320,59 @@ def _branches(cfg: EnvConfig, batched: bool):
   parts = lambda s: (s.road_candidates, s.road_cache)
   cfgs = [dataclasses.replace(cfg, max_controlled=m) for m in _row_sizes(cfg)]
   refresh = [vm(lambda s, c=c: parts(_refresh_branch(s, c, True))) for c in cfgs]
-  finish = [vm(lambda p, s, tr, c=c: _finish_parts(p, s, c, True, tr)) for c in cfgs]
+  finish = [vm(lambda p, s, tr, ob=None, c=c: _finish_parts(p, s, c, True, tr, ob)) for c in cfgs]
   if not cfg.rows_only:
     refresh.append(vm(lambda s: parts(_refresh_branch(s, cfg, False))))
-    finish.append(vm(lambda p, s, tr: _finish_parts(p, s, cfg, False, tr)))
-  return [parts] + refresh, finish
+    finish.append(vm(lambda p, s, tr, ob=None: _finish_parts(p, s, cfg, False, tr, ob)))
+  return refresh, finish
 
 
-def _finish_parts(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool, trig=None):
+def _finish_parts(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool, trig=None, prev_obs=None):
   """_finish's (done, goal_reached, StepOutput): what leaves the branch (not the scene, which it does not change)."""
-  state, out = _finish(prev, state, cfg, rows_only, trig)
+  state, out = _finish(prev, state, cfg, rows_only, trig, prev_obs)
   return state.done, state.goal_reached, out
 
 
-def _step_branches(state: SimState, nxt: SimState, cfg: EnvConfig, counts, t, batched: bool):
-  """Refresh (when due) and finish by the branch of `counts`; only the candidates, their cache and _finish_parts
-  pass out of the switches (a branch returning its input copies it)."""
+def _step_branches(state: SimState, nxt: SimState, cfg: EnvConfig, counts, t, batched: bool, prev_obs=None):
+  """Refresh (when due) and finish by the branch of `counts`; only _finish_parts pass out of the finish switch.
+
+  The refresh is a while loop of 0 or 1 iterations carrying the candidates and their cache, not a lax.cond: a
+  cond's branch that returns its input copies it (the whole (B, O, K) cache, every step it is not due), while a
+  loop that does not run leaves its carry where it is, and one that does updates it in place."""
   b = _branch(counts, cfg)
   refresh, finish = _branches(cfg, batched)
-  cand, cache = jax.lax.switch(jnp.where(_due(cfg, t), b + 1, 0), refresh, nxt)
+
+  def refresh_body(carry):
+    i, cand, cache = carry
+    # Positions + 0 * i (exact; XLA cannot fold a float product by zero): the search depends on the loop, else XLA
+    # hoists it out of the loop as invariant code and runs it every step.
+    zero = 0.0 * i.astype(jnp.float32)
+    o = nxt.objects
+    s = nxt.replace(objects=o.replace(x=o.x + zero, y=o.y + zero), road_candidates=cand, road_cache=cache)
+    cand, cache = refresh[0](s) if len(refresh) == 1 else jax.lax.switch(b, refresh, s)
+    return i + 1, cand, cache
+
+  runs = _due(cfg, t).astype(jnp.int32)
+  _, cand, cache = jax.lax.while_loop(lambda c: c[0] < runs, refresh_body,
+                                      (jnp.int32(0), nxt.road_candidates, nxt.road_cache))
   nxt = nxt.replace(road_candidates=cand, road_cache=cache)
   trig = (jax.vmap(_trig) if batched else _trig)(nxt)
-  done, goal, out = (finish[0](state, nxt, trig) if len(finish) == 1
-                     else jax.lax.switch(b, finish, state, nxt, trig))
+  args = (state, nxt, trig) if prev_obs is None else (state, nxt, trig, prev_obs)
+  done, goal, out = finish[0](*args) if len(finish) == 1 else jax.lax.switch(b, finish, *args)
   return nxt.replace(done=done, goal_reached=goal), out
 
 
 def step_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig()) -> tuple[SimState, StepOutput]:
   """One step of one scene with continuous actions (O, 2): (accel_mps2, steer angle or rate)."""
+  return _step_into(state, actions, cfg, None)
+
+
+def _step_into(state: SimState, actions, cfg: EnvConfig, prev_obs) -> tuple[SimState, StepOutput]:
+  """step_continuous; prev_obs: None, or the observation of `state` this env returned (StepOutput.obs of the step
+  that made it, or observe(state)) for the new observation rows to be scattered into (see _step_batch_into)."""
   nxt = _with_search_structures(_advance(state, actions[..., 0], actions[..., 1], cfg), cfg)
   counts = jnp.sum(state.controlled.astype(jnp.int32))[None]
-  return _step_branches(state, nxt, cfg, counts, nxt.t, False)
+  return _step_branches(state, nxt, cfg, counts, nxt.t, False, prev_obs)
 
 
 def step(state: SimState, actions, cfg: EnvConfig = EnvConfig()) -> tuple[SimState, StepOutput]:
@@ -364,9 +390,18 @@ def step_batch_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig()
   """step_continuous over a batch; actions (B, O, 2). The branches (refresh or not; controlled rows alone, and how
   many, or every object) are decided once for the whole batch, reading the first scene's step counter (scenes of a
   batch step in lockstep), so they stay real branches instead of selects that would pay for every branch."""
+  return _step_batch_into(state, actions, cfg, None)
+
+
+def _step_batch_into(state: SimState, actions, cfg: EnvConfig, prev_obs):
+  """step_batch_continuous; prev_obs: None, or the observation of `state` this env returned (StepOutput.obs of the
+  step that made it, or observe(state) per scene). Its rows of objects not observed are zero (the controlled set
+  does not change within an episode), so the new rows are scattered into it instead of into zeros: no (B, O, ...)
+  memset per step, and inside a scan that carries the observation (rollout) the scatter updates the carried buffer
+  in place instead of being copied into it. Same result either way."""
   nxt = jax.vmap(lambda s, a: _with_search_structures(_advance(s, a[..., 0], a[..., 1], cfg), cfg))(state, actions)
   counts = jnp.sum(state.controlled.astype(jnp.int32), -1)
-  return _step_branches(state, nxt, cfg, counts, nxt.t[0], True)
+  return _step_branches(state, nxt, cfg, counts, nxt.t[0], True, prev_obs)
 
 
 def step_batch(state: SimState, actions, cfg: EnvConfig = EnvConfig()):

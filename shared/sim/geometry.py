@@ -22,6 +22,7 @@ from typing import Any
 
 import chex
 import flax.struct
+import jax
 import jax.numpy as jnp
 
 from shared.scenes import types
@@ -206,6 +207,26 @@ def road_edge_signed_distance(roads: types.RoadPoints, candidates, points):
   return cached_edge_signed_distance(candidate_cache(roads, candidates, candidates.shape[1]), points)
 
 
+def materialised(a):
+  """a itself (float), computed into its own buffer: a max-reduction over (a, -inf) is a fusion that XLA on CPU
+  does not fuse into its consumers, so they read a instead of recomputing it per element (XLA drops optimization
+  barriers)."""
+  return jnp.max(jnp.stack([a, jnp.full_like(a, -jnp.inf)], -1), -1)
+
+
+def packed_argmin_nonneg(values):
+  """argmin (int32) over the last axis of values >= 0 (or +inf) as one int32 min-reduction of the float bits with
+  the index in the low ceil(log2(n)) mantissa bits: entries equal in the other bits tie to the lower index (all-inf
+  rows give 0, like argmin_last). The sign bit is dropped (-0.0 and rounding below 0 count as their magnitude).
+  One reduction over `values` instead of argmin_last's two (XLA on CPU materialises values read twice)."""
+  n = values.shape[-1]
+  bits = max(1, (n - 1).bit_length())
+  low = (1 << bits) - 1
+  key = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32) & 0x7FFFFFFF
+  packed = (key & ~low) | jnp.arange(n, dtype=jnp.int32)
+  return jnp.min(packed, -1) & low
+
+
 def _chord_offsets(px, py, ax, ay, bx, by):
   """(distance, perpendicular offset) of points to chords a->b, broadcasting; offset > 0: left of the chord."""
   d, _ = point_segment_distance(px, py, ax, ay, bx, by)
@@ -220,7 +241,10 @@ def cached_edge_signed_distance(cache: CandidateCache, points):
   px, py = points[..., 0], points[..., 1]  # (O, N) against (O, 2K) chords
   d, perp = _chord_offsets(px[..., None], py[..., None], *(a[:, None, :] for a in (
       cache.seg_ax, cache.seg_ay, cache.seg_bx, cache.seg_by)))
-  j = argmin_last(jnp.where(ok[:, None, :], d - 1e-3 * jnp.abs(perp), jnp.inf))  # (O, N)
+  # argmin of the key by one int32 min-reduction (packed_argmin_nonneg: the key is >= 0, as |perp| <= d; ties
+  # within a relative 2^-16 pick the lower index); argmin_last's two reductions made XLA on CPU materialise the
+  # (O, N, 2K) keys and read them twice.
+  j = packed_argmin_nonneg(jnp.where(ok[:, None, :], d - 1e-3 * jnp.abs(perp), jnp.inf))
   # The nearest chord's distance and offset are recomputed from its end points, not read from (O, N, 2K) arrays:
   # XLA on CPU would materialise those, or redo the whole (O, N, 2K) computation for each reader.
   take = lambda a: jnp.take_along_axis(a, j, -1)  # (O, 2K) -> (O, N)
@@ -279,10 +303,11 @@ def project_on_log_path(objects: types.ObjectTracks, x, y):
   ax, ay = objects.x, objects.y
   bx, by = jnp.where(both, nx, ax), jnp.where(both, ny, ay)
   seg = jnp.hypot(bx - ax, by - ay)
-  arc0 = jnp.cumsum(seg, 1) - seg  # arc length at each segment start
   d, t = point_segment_distance(x[:, None], y[:, None], ax, ay, bx, by)
   d = jnp.where(v, d, jnp.inf)
   j = argmin_last(d)
   take = lambda a: jnp.take_along_axis(a, j[:, None], 1)[:, 0]
-  return take(d), take(arc0) + take(t) * take(seg), j.astype(jnp.int32)
+  # Arc length at segment j's start as a masked sum, not a cumsum over every step (a reduce-window, slow on CPU).
+  arc0 = jnp.sum(jnp.where(jnp.arange(seg.shape[1]) < j[:, None], seg, 0.0), 1)
+  return take(d), arc0 + take(t) * take(seg), j.astype(jnp.int32)
 

@@ -313,17 +313,20 @@ def controlled_rows(controlled, size: int):
   return rows, jnp.where(slot_ok, slot, 0).astype(jnp.int32), slot_ok
 
 
-def spread_rows(tree, slot, slot_ok):
-  """(M, ...) leaves -> (O, ...): each object gets its row `slot` (O,) where `slot_ok` (O,), else zeros (False)."""
+def spread_rows(tree, slot, slot_ok, into=None):
+  """(M, ...) leaves -> (O, ...): each object gets its row `slot` (O,) where `slot_ok` (O,), else zeros (False);
+  into: optional (O, ...) tree to scatter the rows into instead of zeros (the caller knows its other rows are zero:
+  the same result without a memset of the whole output)."""
   n = slot.shape[0]
   # A scatter of the rows, not a gather per object: XLA on CPU fuses the rows' whole computation into a gather and
   # redoes it per object (and drops optimization barriers). Rows without an object (padding) go out of bounds.
   target = jnp.full(n, n, jnp.int32).at[jnp.where(slot_ok, slot, n)].set(jnp.arange(n, dtype=jnp.int32),
                                                                          mode="drop")
-  def spread(a):  # a: (M, ...) with M <= O
+  def spread(a, base=None):  # a: (M, ...) with M <= O
     idx = target[:a.shape[0]]
-    return jnp.zeros((n,) + a.shape[1:], a.dtype).at[idx].set(a, mode="drop", unique_indices=True)
-  return jax.tree.map(spread, tree)
+    base = jnp.zeros((n,) + a.shape[1:], a.dtype) if base is None else base.astype(a.dtype)
+    return base.at[idx].set(a, mode="drop", unique_indices=True)
+  return jax.tree.map(spread, tree) if into is None else jax.tree.map(spread, tree, into)
 
 
 def observe_controlled(state: SimState, max_controlled: int, cfg: ObsConfig = ObsConfig(), gap=None,
@@ -338,14 +341,17 @@ def observe_controlled(state: SimState, max_controlled: int, cfg: ObsConfig = Ob
 
 
 def observe_spread(state: SimState, rows, slot, slot_ok, cfg: ObsConfig = ObsConfig(), gap=None,
-                   nearest=None, trig=None) -> Observation:
+                   nearest=None, trig=None, into: Observation | None = None) -> Observation:
   """observe_controlled from its `controlled_rows` (rows (M,), slot (O,), slot_ok (O,)); gap (M, O), nearest
-  (M,) and trig (O,) optional shared quantities (see observe_rows)."""
+  (M,) and trig (O,) optional shared quantities (see observe_rows); into: an Observation (O, ...) whose rows other
+  than slot_ok's are zero, to scatter the rows into (spread_rows; remaining_time is replaced)."""
   row_ok = jnp.arange(rows.shape[0]) < jnp.sum(slot_ok.astype(jnp.int32))  # rows past the controlled: padding
   obs = observe_rows(state, rows, cfg, gap, nearest, row_ok, trig)
   T = state.scenario.objects.x.shape[1]
   remaining = (T - 1 - state.t).astype(jnp.float32) / (T - 1) * jnp.ones_like(state.objects.x)
-  return spread_rows(obs, slot, slot_ok).replace(remaining_time=remaining[:, None])
+  if into is not None:
+    obs, into = obs.replace(remaining_time=None), into.replace(remaining_time=None)
+  return spread_rows(obs, slot, slot_ok, into).replace(remaining_time=remaining[:, None])
 
 
 __all__ = ["ObsConfig", "Observation", "observe", "observe_rows", "observe_controlled", "observe_spread",

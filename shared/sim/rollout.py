@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from shared.sim import actions as actions_lib
 from shared.sim import env, inverse
 from shared.sim.datatypes import SimState
 from shared.sim.inverse import ExpertActions
@@ -26,14 +27,18 @@ PolicyFn = Callable[[Any, Any, jax.Array], jax.Array]  # (params, obs, rng) -> a
 ActFn = Callable[[SimState, Any, jax.Array, Any], jax.Array]  # (state, obs, rng, aux) -> actions
 
 
-def _step_one(state, actions, cfg):
-  return env.step_continuous(state, actions, cfg) if env.is_continuous(actions) else env.step(state, actions, cfg)
+def _continuous(actions, cfg):
+  return actions if env.is_continuous(actions) else actions_lib.decode(actions, cfg.actions)
 
 
-def _step_many(state, actions, cfg):
-  if env.is_continuous(actions):
-    return env.step_batch_continuous(state, actions, cfg)
-  return env.step_batch(state, actions, cfg)
+# The scans below carry the last observation, which the env returned for the carried state: the step scatters the
+# new observation rows into it (env._step_batch_into), in place, instead of into a fresh zero-filled buffer.
+def _step_one(state, actions, cfg, obs=None):
+  return env._step_into(state, _continuous(actions, cfg), cfg, obs)
+
+
+def _step_many(state, actions, cfg, obs=None):
+  return env._step_batch_into(state, _continuous(actions, cfg), cfg, obs)
 
 
 def rollout_act(act_fn: ActFn, state: SimState, num_steps: int, cfg: env.EnvConfig, rng, aux=None):
@@ -41,7 +46,7 @@ def rollout_act(act_fn: ActFn, state: SimState, num_steps: int, cfg: env.EnvConf
   def body(carry, _):
     s, obs, key = carry
     key, sub = jax.random.split(key)
-    s, out = _step_one(s, act_fn(s, obs, sub, aux), cfg)
+    s, out = _step_one(s, act_fn(s, obs, sub, aux), cfg, obs)
     return (s, out.obs, key), out
 
   (state, _, _), outs = jax.lax.scan(body, (state, env.observe(state, cfg), rng), None, length=num_steps)
@@ -57,7 +62,7 @@ def rollout_act_batch(act_fn: ActFn, state: SimState, num_steps: int, cfg: env.E
     key, sub = jax.random.split(key)
     keys = jax.random.split(sub, batch)
     acts = jax.vmap(act_fn, in_axes=(0, 0, 0, None if aux is None else 0))(s, obs, keys, aux)
-    s, out = _step_many(s, acts, cfg)
+    s, out = _step_many(s, acts, cfg, obs)
     return (s, out.obs, key), out
 
   obs0 = jax.vmap(lambda s: env.observe(s, cfg))(state)

@@ -218,3 +218,16 @@ def test_road_index_search_matches_brute_force_for_every_group(real_scene):
       assert (np.diff(np.where(np.isfinite(got), got, 1e9), axis=1) >= -1e-6).all(), name
       np.testing.assert_allclose(got, d(ref)[v], atol=1e-4, err_msg=name)
       np.testing.assert_array_equal(fast[:, a:b][v] >= 0, ref[v] >= 0)
+
+
+def test_packed_argmin_matches_argmin_on_distinct_values():
+  # Distinct non-negative values (apart in more than the packed low bits), +inf entries and an all-inf row.
+  rng = np.random.default_rng(0)
+  vals = rng.permutation(np.arange(1, 89, dtype=np.float32))[None].repeat(64, 0) * rng.uniform(0.5, 9, (64, 1))
+  vals = np.where(rng.uniform(size=vals.shape) < 0.3, np.inf, vals).astype(np.float32)
+  vals[3] = np.inf
+  vals[5, 7] = 0.0  # exact zero (and -0.0 below) are the smallest
+  vals[6, 9] = -0.0
+  got = np.asarray(geometry.packed_argmin_nonneg(jnp.asarray(vals)))
+  np.testing.assert_array_equal(got, np.argmin(vals, -1))
+  assert got[3] == 0 and got[5] == 7 and got[6] == 9
