@@ -292,3 +292,44 @@ def test_full_replay_blocks_on_the_learners_credit_instead_of_spinning(tmp_path)
   blocking = [w for w in waits if w > 0]
   assert len(blocking) == 3 and all(0 < w <= 0.1 for w in blocking)
   rt.ctx.term()
+
+
+@pytest.mark.parametrize("items", [2, 1])
+def test_replay_masks_stale_items_and_keeps_an_arena_batch_one_frame(tmp_path, items):
+  """Items older than the newest params by more than max_staleness_versions go out with valid = False (counted);
+  fresh items keep their valid. With 2 items per batch the mask is written into the batch's arena in place, so the
+  ReplayBatch still encodes as header + one frame; with 1 item (views of the table) it is masked by a copy."""
+  from services.replay import config as replay_config
+  from shared.wire import arena as arena_lib
+
+  t, b, f = 3, 2, 4
+
+  def traj(version):
+    return schemas.make("Trajectory", "sim", 0, params_version=version, env_steps=6, arrays={
+        "obs/flat": np.full((t, b, f), version, np.float32), "action": np.zeros((t, b), np.int32),
+        "reward": np.zeros((t, b), np.float32), "done": np.zeros((t, b), bool), "valid": np.ones((t, b), bool)})
+
+  params = type("Params", (), {"fields": {"params_version": 10}})()  # the newest params: version 10
+  trajs = iter([traj(0), traj(5)])  # 0 < 10 - 8: stale; 5: fresh
+  sent = []
+  links = replay_service.Links(
+      trajectories=_Fake(recv=lambda timeout_s: next(trajs, None)), params=_Fake(poll=lambda timeout_s: params),
+      samples=_Fake(wait_credit=lambda timeout_s: True, send_fields=lambda schema, **kw: sent.append(kw) or True),
+      expert=_Fake(recv=lambda timeout_s: None))
+  rt = runtime.Runtime("replay", runtime.CommonConfig(metrics_port=0, run_dir=str(tmp_path)))
+  replay = replay_service.Replay(replay_config.ReplayConfig(capacity=2, sample_items=items, max_staleness_versions=8),
+                                 rt, links)
+  for _ in range(4):
+    replay.run_once()
+  assert len(sent) == 2 // items
+  valid = np.concatenate([kw["arrays"]["valid"] for kw in sent], axis=1)  # (T, 2 * B): both items, in send order
+  version = np.concatenate([kw["arrays"]["obs/flat"][..., 0] for kw in sent], axis=1)  # each column's item
+  np.testing.assert_array_equal(valid, version >= 2)
+  assert valid.sum() == t * b  # the fresh item's columns alone
+  assert rt.registry.get_sample_value("drivelab_dropped_total", {"what": "stale_item"}) == 1.0
+  if items == 2:
+    arrays = sent[0]["arrays"]
+    assert type(arrays["valid"].base) is arena_lib.ArenaBuffer
+    assert len(codec.encode(schemas.make("ReplayBatch", "replay", 0, table="trajectories", params_version=0,
+                                         staleness_versions=10, arrays=arrays))) == 2
+  rt.ctx.term()
