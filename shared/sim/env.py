@@ -267,7 +267,7 @@ def _finish(prev: SimState, state: SimState, cfg: EnvConfig, rows_only: bool,
   projections on the logged paths are computed once and shared by the metrics and the observations; so are trig,
   (cos, sin) (O,) of state's yaws (computed here when None; _step_branches passes them in from outside its
   branches, where XLA on CPU cannot fuse cos and sin into the (M, O) loops that read them). prev_obs: the
-  observation of prev this env returned (see _step_batch_into), whose rows of objects not observed are zero: the
+  observation of prev this env returned (see step_batch_continuous), whose rows of objects not observed are zero: the
   new rows are scattered into it instead of into zeros.
   """
   o, log = state.objects, state.scenario.objects
@@ -362,22 +362,18 @@ def _step_branches(state: SimState, nxt: SimState, cfg: EnvConfig, counts, t, ba
   return nxt.replace(done=done, goal_reached=goal), out
 
 
-def step_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig()) -> tuple[SimState, StepOutput]:
-  """One step of one scene with continuous actions (O, 2): (accel_mps2, steer angle or rate)."""
-  return _step_into(state, actions, cfg, None)
-
-
-def _step_into(state: SimState, actions, cfg: EnvConfig, prev_obs) -> tuple[SimState, StepOutput]:
-  """step_continuous; prev_obs: None, or the observation of `state` this env returned (StepOutput.obs of the step
-  that made it, or observe(state)) for the new observation rows to be scattered into (see _step_batch_into)."""
+def step_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig(),
+                    prev_obs=None) -> tuple[SimState, StepOutput]:
+  """One step of one scene with continuous actions (O, 2): (accel_mps2, steer angle or rate). prev_obs: see
+  step_batch_continuous."""
   nxt = _with_search_structures(_advance(state, actions[..., 0], actions[..., 1], cfg), cfg)
   counts = jnp.sum(state.controlled.astype(jnp.int32))[None]
   return _step_branches(state, nxt, cfg, counts, nxt.t, False, prev_obs)
 
 
-def step(state: SimState, actions, cfg: EnvConfig = EnvConfig()) -> tuple[SimState, StepOutput]:
+def step(state: SimState, actions, cfg: EnvConfig = EnvConfig(), prev_obs=None) -> tuple[SimState, StepOutput]:
   """One step of one scene with grid actions (O,) int32 (rows of actions.build_grid)."""
-  return step_continuous(state, actions_lib.decode(actions, cfg.actions), cfg)
+  return step_continuous(state, actions_lib.decode(actions, cfg.actions), cfg, prev_obs)
 
 
 def reset_batch(scenarios: Scenario, rng, cfg: EnvConfig = EnvConfig()) -> SimState:
@@ -386,27 +382,24 @@ def reset_batch(scenarios: Scenario, rng, cfg: EnvConfig = EnvConfig()) -> SimSt
   return jax.vmap(lambda s, k: reset(s, k, cfg))(scenarios, keys)
 
 
-def step_batch_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig()):
+def step_batch_continuous(state: SimState, actions, cfg: EnvConfig = EnvConfig(), prev_obs=None):
   """step_continuous over a batch; actions (B, O, 2). The branches (refresh or not; controlled rows alone, and how
   many, or every object) are decided once for the whole batch, reading the first scene's step counter (scenes of a
-  batch step in lockstep), so they stay real branches instead of selects that would pay for every branch."""
-  return _step_batch_into(state, actions, cfg, None)
+  batch step in lockstep), so they stay real branches instead of selects that would pay for every branch.
 
-
-def _step_batch_into(state: SimState, actions, cfg: EnvConfig, prev_obs):
-  """step_batch_continuous; prev_obs: None, or the observation of `state` this env returned (StepOutput.obs of the
-  step that made it, or observe(state) per scene). Its rows of objects not observed are zero (the controlled set
-  does not change within an episode), so the new rows are scattered into it instead of into zeros: no (B, O, ...)
-  memset per step, and inside a scan that carries the observation (rollout) the scatter updates the carried buffer
-  in place instead of being copied into it. Same result either way."""
+  prev_obs (optional): the observation of `state` this env returned (StepOutput.obs of the step that made it, or
+  observe(state) per scene). Its rows of objects not observed are zero (the controlled set does not change within
+  an episode), so the new rows are scattered into it instead of into zeros: no (B, O, ...) memset per step, and
+  inside a scan that carries the observation (rollout) the scatter updates the carried buffer in place instead of
+  being copied into it. Same result either way."""
   nxt = jax.vmap(lambda s, a: _with_search_structures(_advance(s, a[..., 0], a[..., 1], cfg), cfg))(state, actions)
   counts = jnp.sum(state.controlled.astype(jnp.int32), -1)
   return _step_branches(state, nxt, cfg, counts, nxt.t[0], True, prev_obs)
 
 
-def step_batch(state: SimState, actions, cfg: EnvConfig = EnvConfig()):
-  """step over a batch; actions (B, O) int32."""
-  return step_batch_continuous(state, actions_lib.decode(actions, cfg.actions), cfg)
+def step_batch(state: SimState, actions, cfg: EnvConfig = EnvConfig(), prev_obs=None):
+  """step over a batch; actions (B, O) int32. prev_obs: see step_batch_continuous."""
+  return step_batch_continuous(state, actions_lib.decode(actions, cfg.actions), cfg, prev_obs)
 
 
 def is_continuous(actions) -> bool:

@@ -18,7 +18,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from shared.sim import actions as actions_lib
 from shared.sim import env, inverse
 from shared.sim.datatypes import SimState
 from shared.sim.inverse import ExpertActions
@@ -27,18 +26,14 @@ PolicyFn = Callable[[Any, Any, jax.Array], jax.Array]  # (params, obs, rng) -> a
 ActFn = Callable[[SimState, Any, jax.Array, Any], jax.Array]  # (state, obs, rng, aux) -> actions
 
 
-def _continuous(actions, cfg):
-  return actions if env.is_continuous(actions) else actions_lib.decode(actions, cfg.actions)
-
-
 # The scans below carry the last observation, which the env returned for the carried state: the step scatters the
-# new observation rows into it (env._step_batch_into), in place, instead of into a fresh zero-filled buffer.
+# new observation rows into it (prev_obs of env.step_batch_continuous), in place, instead of into a fresh buffer.
 def _step_one(state, actions, cfg, obs=None):
-  return env._step_into(state, _continuous(actions, cfg), cfg, obs)
+  return (env.step_continuous if env.is_continuous(actions) else env.step)(state, actions, cfg, obs)
 
 
 def _step_many(state, actions, cfg, obs=None):
-  return env._step_batch_into(state, _continuous(actions, cfg), cfg, obs)
+  return (env.step_batch_continuous if env.is_continuous(actions) else env.step_batch)(state, actions, cfg, obs)
 
 
 def rollout_act(act_fn: ActFn, state: SimState, num_steps: int, cfg: env.EnvConfig, rng, aux=None):
