@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
   scene_cfg = types.SceneConfig(max_objects=args.max_objects, max_road_points=args.max_road_points)
   cfg = env.EnvConfig(max_controlled=max(agents), done_on_collision=False, done_on_offroad=False,
                       stop_at_goal=False, rows_only=args.rows_only)
-  load0 = list(os.getloadavg())
+  other = provenance.OtherCpu()
   result = {"benchmark": "sim", "command": " ".join(["drivelab"] + sys.argv[1:]),
             "git_commit": provenance.git_commit(),
             "machine": _machine(), "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -254,10 +254,15 @@ def run(args: argparse.Namespace) -> int:
     result["components"] = _components(real_scenes, comp_b, args.steps, cfg, args.repeats, real_rows)
   load1 = list(os.getloadavg())
   result["machine"]["loadavg_end_1_5_15min"] = load1
-  cpus = os.cpu_count() or 1
-  result["noisy"] = max(load0[0], load1[0]) > 0.75 * cpus
-  result["note"] = ("load average above the core count: other processes shared the CPUs, timings are upper "
-                    "bounds" if result["noisy"] else "machine quiet during the run")
+  # Noise: other processes' share of the CPUs during the run (the load average counts this run's own threads too,
+  # so it is recorded but not used).
+  share = other.share()
+  result["machine"]["other_processes_cpu_share"] = share
+  result["noisy"] = share is None or share > 0.1
+  result["note"] = (f"other processes used {share:.0%} of the CPUs during the run: timings are upper bounds"
+                    if result["noisy"] and share is not None else
+                    "other processes' CPU use unknown (no /proc/stat)" if share is None else
+                    f"machine quiet during the run (other processes: {share:.0%} of the CPUs)")
   result["goals"] = _goals(result["full_step"])
   print(json.dumps(result["goals"], indent=2))
   provenance.write_result(args.out, result)

@@ -333,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
             "git_commit": provenance.git_commit(),
             "machine": _machine(), "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds_per_case": args.seconds, "repeats": args.repeats, "throughput": [], "small": []}
+  other = provenance.OtherCpu()  # the receiver is a spawned child: its CPU counts as ours once it is joined
   with tempfile.TemporaryDirectory(prefix="drivelab-bench-") as tmp:
     for tr in transports:
       sess = _Session(ctx, tr, tmp, args.timeout)
@@ -343,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
         sess.close()
   ctx.term()
   result["machine"]["loadavg_end_1_5_15min"] = list(os.getloadavg())
+  result["machine"]["other_processes_cpu_share"] = other.share()
   big = [r["ratio"] for r in result["throughput"] if r["size_bytes"] >= (1 << 20)]
   sep = [r["ratio_separate"] for r in result["throughput"] if r["size_bytes"] >= (1 << 20)]
   result["goal"] = {"ours_over_raw_min_at_1MiB_up": min((x for x in big if x), default=None), "target": 0.9,
