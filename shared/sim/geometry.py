@@ -286,28 +286,77 @@ def cached_candidate_reach(cache: CandidateCache, x, y):
   return jnp.min(jnp.where(cache.ok, d, jnp.inf), 1)
 
 
-def project_on_log_path(objects: types.ObjectTracks, x, y):
-  """Projects positions (O,) on each object's own logged path (O, T): segments t -> t+1 between consecutive valid
-  steps; a valid step whose successor is invalid (or the last step) is a zero-length segment, so isolated points
-  still count.
-
-  Returns (distance_m, arc_length_m, step) each (O,): the distance to the nearest point of the path, the path's arc
-  length from its first valid step to that point, and the index t of that segment's start. Objects with no valid
-  step get distance inf.
-  """
-  chex.assert_rank([objects.x, x], [2, 1])
+def _log_segments(objects: types.ObjectTracks):
+  """(ax, ay, bx, by, seg, both) (O, T) each: segment t -> t+1 of each logged path where steps t and t+1 are both
+  valid; a valid step whose successor is invalid (or the last step) is a zero-length segment at itself."""
   v = objects.valid
   both = jnp.pad(v[:, :-1] & v[:, 1:], ((0, 0), (0, 1)))  # (O, T): segment t -> t+1 exists
   nx = jnp.pad(objects.x[:, 1:], ((0, 0), (0, 1)))
   ny = jnp.pad(objects.y[:, 1:], ((0, 0), (0, 1)))
   ax, ay = objects.x, objects.y
   bx, by = jnp.where(both, nx, ax), jnp.where(both, ny, ay)
-  seg = jnp.hypot(bx - ax, by - ay)
-  d, t = point_segment_distance(x[:, None], y[:, None], ax, ay, bx, by)
-  d = jnp.where(v, d, jnp.inf)
+  return ax, ay, bx, by, jnp.hypot(bx - ax, by - ay), both
+
+
+@flax.struct.dataclass
+class PathEnd:
+  """Where each object's logged path goes on past its end (see `log_path_end`); (O,) arrays, static per scene.
+
+  Attributes:
+    last: int32 index of the path's last segment of positive length (t -> t+1); -1 for a path that never moves.
+    last_valid: int32 last valid logged step; -1 for an object never valid.
+    x, y: the end of segment `last`, where the continuation starts.
+    dir_x, dir_y: that segment's unit direction.
+    step_m: the path's mean length per logged step (spacing of route points past the end).
+  """
+
+  last: Any
+  last_valid: Any
+  x: Any
+  y: Any
+  dir_x: Any
+  dir_y: Any
+  step_m: Any
+
+
+def log_path_end(objects: types.ObjectTracks) -> PathEnd:
+  """The continuation of each logged path (O, T) past its end: its last segment of positive length, extended as a
+  ray, as episode.path_progress extends it for the progress ratio (paper 002's route goes on past the log).
+  Depends on the log only: env.reset computes it once (SimState.path_end)."""
+  ax, ay, bx, by, seg, both = _log_segments(objects)
+  n = jnp.arange(seg.shape[1])
+  last = jnp.max(jnp.where(seg > 1e-6, n, -1), 1).astype(jnp.int32)
+  take = lambda a: jnp.take_along_axis(a, jnp.maximum(last, 0)[:, None], 1)[:, 0]
+  length = jnp.maximum(take(seg), 1e-6)
+  return PathEnd(last=last, last_valid=jnp.max(jnp.where(objects.valid, n, -1), 1).astype(jnp.int32),
+                 x=take(bx), y=take(by), dir_x=(take(bx) - take(ax)) / length, dir_y=(take(by) - take(ay)) / length,
+                 step_m=jnp.sum(seg, 1) / jnp.maximum(jnp.sum(both, 1), 1))
+
+
+def project_on_log_path(objects: types.ObjectTracks, x, y, end: PathEnd | None = None):
+  """Projects positions (O,) on each object's own logged path (O, T): segments t -> t+1 between consecutive valid
+  steps; a valid step whose successor is invalid (or the last step) is a zero-length segment, so isolated points
+  still count. The last segment of positive length goes on past its end as a ray (`log_path_end`): a car that
+  drives on beyond where its log ends, in the log's last direction, is on its route and making progress (as in
+  episode.path_progress; paper 002's route continues past the log).
+
+  Returns (distance_m, arc_length_m, step) each (O,): the distance to the nearest point of the path, the path's arc
+  length from its first valid step to that point, and the index t of that segment's start. Objects with no valid
+  step get distance inf. end: `log_path_end(objects)` when the caller has it (SimState.path_end), else computed.
+  """
+  chex.assert_rank([objects.x, x], [2, 1])
+  ax, ay, bx, by, seg, _ = _log_segments(objects)
+  n = jnp.arange(seg.shape[1])
+  last = (log_path_end(objects) if end is None else end).last
+  dx, dy = bx - ax, by - ay
+  px, py = x[:, None], y[:, None]
+  u = ((px - ax) * dx + (py - ay) * dy) / jnp.maximum(dx * dx + dy * dy, 1e-12)
+  t = jnp.clip(u, 0.0, jnp.where(n == last[:, None], jnp.inf, 1.0))  # the ray: unbounded past its end
+  d = jnp.hypot(ax + t * dx - px, ay + t * dy - py)
+  d = jnp.where(objects.valid, d, jnp.inf)
   j = argmin_last(d)
   take = lambda a: jnp.take_along_axis(a, j[:, None], 1)[:, 0]
   # Arc length at segment j's start as a masked sum, not a cumsum over every step (a reduce-window, slow on CPU).
-  arc0 = jnp.sum(jnp.where(jnp.arange(seg.shape[1]) < j[:, None], seg, 0.0), 1)
+  arc0 = jnp.sum(jnp.where(n < j[:, None], seg, 0.0), 1)
   return take(d), arc0 + take(t) * take(seg), j.astype(jnp.int32)
 

@@ -11,9 +11,10 @@ signals and the evaluator alike. Definitions:
   offroad: some box corner is on the outer side of its nearest road edge (geometry.road_edge_signed_distance,
     Waymax's convention); road_edge_distance_m is the largest corner value (positive = outside). Candidates that
     are far from the object (stale: it was not valid at the last refresh) are not trusted: offroad is False then.
-  offroute / route_distance_m: distance to the object's own logged path above `offroute_distance_m`.
+  offroute / route_distance_m: distance to the object's own logged path above `offroute_distance_m`; the path goes
+    on past the log's end along its last direction (geometry.project_on_log_path), so driving on is not off-route.
   goal_reached: centre within `goal_radius_m` of (goal_x, goal_y) (GPUDrive: 2 m).
-  progress_m: arc length of the logged path at the projection of the current position.
+  progress_m: arc length of the logged path (extended past its end) at the projection of the current position.
   red_light_run: the centre's move prev -> state crosses a light's stop line (a segment of 2 x
     `stop_line_half_width_m` through the stop point, across the lane's direction, taken from the road candidate
     of that lane nearest the stop point, else the object's heading) forwards while the light is in a stop state,
@@ -102,7 +103,8 @@ def _rows_view(state: SimState, rows) -> SimState:
   take = lambda tree: jax.tree.map(lambda a: a[rows], tree)
   return state.replace(objects=take(state.objects), scenario=state.scenario.replace(
       objects=take(state.scenario.objects)), controlled=state.controlled[rows],
-      road_candidates=state.road_candidates[rows], road_cache=take(road_cache(state)))
+      road_candidates=state.road_candidates[rows], road_cache=take(road_cache(state)),
+      path_end=None if state.path_end is None else take(state.path_end))
 
 
 def _boxes(state: SimState, cfg: MetricsConfig, gap=None, rows=None, trig=None):
@@ -240,7 +242,7 @@ def _step_metrics(prev: SimState, state: SimState, cfg: MetricsConfig, rows, gap
   cache = road_cache(view)
   view_trig = trig if trig is None or rows is None else tuple(a[rows] for a in trig)
   offroad, edge_d = _offroad(view, cfg, cache, view_trig)
-  route_d, progress, nearest = geometry.project_on_log_path(log, o.x, o.y)
+  route_d, progress, nearest = geometry.project_on_log_path(log, o.x, o.y, view.path_end)
   goal_d = jnp.hypot(o.x - log.goal_x, o.y - log.goal_y)
   speed, accel, jerk, lat = _kinematics(pview, view, cfg)
   red = _red_light_run(pview, view, cfg, cache)

@@ -15,7 +15,9 @@ Per ego (O, ... or M, ...), all positions and directions rotated into the object
     two stop signs, the rest the nearest other points (lanes, lines, crosswalks); x, y, direction cos and sin,
     class one-hot (ROAD_CLASSES).
   route (O, num_route_points, 2) + route_mask: the object's own logged positions every `route_stride` steps after
-    its nearest logged point (masked past the end of its log; masked points hold the goal).
+    its nearest logged point; past the end of its log, points on the log's last direction (geometry.log_path_end,
+    one mean logged step length apart); masked only in gaps of the log and for paths that never move (masked
+    points hold the goal).
   light (O, LIGHT_FEATURES): the nearest traffic-light stop point ahead: present, x, y, state one-hot (stop,
     caution, go, unknown).
   remaining_time (O, 1): fraction of the log left; for the value head only (a policy that sees it learns to
@@ -246,13 +248,22 @@ def _route(state: SimState, e: _Egos, cfg: ObsConfig, nearest=None):
   caller already projected them on their paths (the env shares it with the metrics)."""
   log = jax.tree.map(lambda a: a[e.rows], state.scenario.objects)
   T = log.x.shape[1]
+  end = geometry.log_path_end(log) if state.path_end is None else jax.tree.map(lambda a: a[e.rows], state.path_end)
   if nearest is None:
-    _, _, nearest = geometry.project_on_log_path(log, e.x, e.y)
-  steps = jnp.minimum(nearest[:, None] + cfg.route_stride * jnp.arange(1, cfg.num_route_points + 1), T - 1)
+    _, _, nearest = geometry.project_on_log_path(log, e.x, e.y, end)
+  ahead = nearest[:, None] + cfg.route_stride * jnp.arange(1, cfg.num_route_points + 1)  # (M, P) logged steps
+  steps = jnp.minimum(ahead, T - 1)
   take = lambda a: jnp.take_along_axis(a, steps, 1)
-  mask = take(log.valid) & (nearest[:, None] + cfg.route_stride * jnp.arange(1, cfg.num_route_points + 1) < T)
-  px = jnp.where(mask, take(log.x), log.goal_x[:, None])
-  py = jnp.where(mask, take(log.y), log.goal_y[:, None])
+  logged = take(log.valid) & (ahead < T)
+  # Past the log's last valid step the route goes on along geometry.log_path_end's ray (as the off-route metric
+  # and the progress ratio see it), one mean logged step length per step; paths that never move have no ray.
+  beyond = jnp.maximum(ahead - end.last_valid[:, None], 0).astype(jnp.float32) * end.step_m[:, None]
+  ray = (ahead > end.last_valid[:, None]) & (end.last >= 0)[:, None]
+  mask = logged | ray
+  px = jnp.where(logged, take(log.x), jnp.where(ray, end.x[:, None] + end.dir_x[:, None] * beyond,
+                                                log.goal_x[:, None]))
+  py = jnp.where(logged, take(log.y), jnp.where(ray, end.y[:, None] + end.dir_y[:, None] * beyond,
+                                                log.goal_y[:, None]))
   rx, ry = _to_ego(px - e.x[:, None], py - e.y[:, None], e.cos[:, None], e.sin[:, None])
   return jnp.stack([_pos(rx, cfg), _pos(ry, cfg)], -1), mask
 

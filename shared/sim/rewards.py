@@ -75,7 +75,7 @@ def compute_reward(metrics: StepMetrics, prev: SimState, state: SimState, cfg: R
   r += cfg.red_light * f(metrics.red_light_run) + cfg.stop_sign * f(metrics.stop_line_violation)
   if cfg.progress:  # static: skip the projection of prev when the term is off
     log = state.scenario.objects
-    _, prev_progress, _ = geometry.project_on_log_path(log, prev.objects.x, prev.objects.y)
+    _, prev_progress, _ = geometry.project_on_log_path(log, prev.objects.x, prev.objects.y, state.path_end)
     delta = jnp.where(prev.objects.valid, metrics.progress_m - prev_progress, 0.0)
     r += cfg.progress * jnp.clip(delta, -cfg.progress_clip_m, cfg.progress_clip_m)
   r += cfg.speeding * jnp.maximum(metrics.speed_mps - cfg.speed_limit_mps, 0.0)

@@ -128,6 +128,38 @@ def test_project_on_log_path_straight_line():
   assert float(d[0]) == pytest.approx(1.0, abs=1e-6) and float(arc[0]) == pytest.approx(4.5, abs=1e-6)
 
 
+def _tracks(x, y, valid):
+  x, y, valid = (np.asarray(a)[None] for a in (x, y, valid))
+  n = x.shape[1]
+  return types.ObjectTracks(
+      x=jnp.asarray(x, jnp.float32), y=jnp.asarray(y, jnp.float32), yaw=jnp.zeros((1, n)), vel_x=jnp.zeros((1, n)),
+      vel_y=jnp.zeros((1, n)), valid=jnp.asarray(valid), length=jnp.ones(1), width=jnp.ones(1),
+      object_type=jnp.ones(1, jnp.int32), object_id=jnp.zeros(1, jnp.int32), is_sdc=jnp.ones(1, bool),
+      controllable=jnp.ones(1, bool), exists=jnp.ones(1, bool), goal_x=jnp.zeros(1), goal_y=jnp.zeros(1))
+
+
+def test_log_path_continues_past_its_end_along_its_last_moving_segment():
+  # Moves along +y at 1 m per step for steps 0..5, then stands still at (0, 5) for steps 6..9 (zero-length
+  # segments); step 10 invalid. The route goes on along +y from (0, 5).
+  y = np.array([0, 1, 2, 3, 4, 5, 5, 5, 5, 5, 0], np.float32)
+  valid = np.arange(11) < 10
+  tr = _tracks(np.zeros(11), y, valid)
+  d, arc, step = geometry.project_on_log_path(tr, jnp.asarray([0.7]), jnp.asarray([9.0]))
+  assert float(d[0]) == pytest.approx(0.7, abs=1e-6) and float(arc[0]) == pytest.approx(9.0, abs=1e-5)
+  assert int(step[0]) == 4  # the segment 4 -> 5, extended
+  # Behind the start there is no extension: the distance is to the first point.
+  d, arc, _ = geometry.project_on_log_path(tr, jnp.asarray([0.0]), jnp.asarray([-3.0]))
+  assert float(d[0]) == pytest.approx(3.0, abs=1e-6) and float(arc[0]) == pytest.approx(0.0, abs=1e-6)
+  end = geometry.log_path_end(tr)
+  assert int(end.last[0]) == 4 and int(end.last_valid[0]) == 9
+  assert (float(end.x[0]), float(end.y[0]), float(end.dir_x[0]), float(end.dir_y[0])) == (0.0, 5.0, 0.0, 1.0)
+  assert float(end.step_m[0]) == pytest.approx(5 / 9)  # 5 m over the 9 segments between valid steps
+  # A path that never moves has no direction to go on in: distance to its point.
+  parked = _tracks(np.full(11, 2.0), np.zeros(11), valid)
+  d, _, _ = geometry.project_on_log_path(parked, jnp.asarray([6.0]), jnp.asarray([0.0]))
+  assert float(d[0]) == pytest.approx(4.0, abs=1e-6) and int(geometry.log_path_end(parked).last[0]) == -1
+
+
 @pytest.fixture(scope="module")
 def real_scene(real_scene_files):
   sc, meta = gpudrive.read_scene(str(real_scene_files[2]), types.SceneConfig(max_objects=64, max_road_points=12000))

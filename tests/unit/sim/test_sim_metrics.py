@@ -142,6 +142,11 @@ def test_goal_progress_offroute_and_kinematics(scene):
   assert float(m.progress_m[0]) == pytest.approx(7.3, abs=1e-5)
   assert float(m.route_distance_m[0]) == pytest.approx(0.4, abs=1e-5) and not bool(m.offroute[0])
   assert bool(run(scene, 2, {}, dict(x=7.0, y=6.0)).offroute[0])  # 6 m > 5 m
+  # Past the log's end (20, 0) the route goes on along +x: 4 m further and 0.5 m aside is on the route, progress 24.
+  m = run(scene, 2, {}, dict(x=24.0, y=0.5))
+  assert float(m.route_distance_m[0]) == pytest.approx(0.5, abs=1e-5) and not bool(m.offroute[0])
+  assert float(m.progress_m[0]) == pytest.approx(24.0, abs=1e-4)
+  assert bool(run(scene, 2, {}, dict(x=24.0, y=6.0)).offroute[0])  # 6 m off the extended route
   # Controlled: applied acceleration 1 -> 2 m/s^2 in 0.1 s is a jerk of 10 m/s^3; turning 0.1 rad in 0.1 s at
   # 10 m/s is a lateral acceleration of 10 m/s^2.
   m = run(scene, 2, dict(accel_mps2=1.0, vel_x=10.0), dict(accel_mps2=2.0, vel_x=10.0, yaw=0.1))

@@ -82,10 +82,10 @@ def test_road_points_route_light_and_time(obs):
   np.testing.assert_array_equal(np.asarray(obs.roads_mask[0]), [False, False, True, True])
   np.testing.assert_allclose(np.asarray(obs.roads[0, 2]), [0.0, -0.06, 1.0, 0.0, 1, 0, 0, 0, 0, 0], atol=1e-6)
   assert abs(float(obs.roads[0, 3, 0])) == pytest.approx(0.01, abs=1e-6)
-  # Nearest logged segment starts at t=1 (y=5): route points at t=2, 3, 4 are 4, 9, 14 m ahead; t=5 is past the
-  # log: masked and holding the goal (14 m ahead).
-  np.testing.assert_allclose(np.asarray(obs.route[0]), [[0.08, 0], [0.18, 0], [0.28, 0], [0.28, 0]], atol=1e-6)
-  np.testing.assert_array_equal(np.asarray(obs.route_mask[0]), [True, True, True, False])
+  # Nearest logged segment starts at t=1 (y=5): route points at t=2, 3, 4 are 4, 9, 14 m ahead; t=5 is one step
+  # past the log: on its last direction (+y), one mean logged step (5 m) past its end (0, 20): 19 m ahead.
+  np.testing.assert_allclose(np.asarray(obs.route[0]), [[0.08, 0], [0.18, 0], [0.28, 0], [0.38, 0]], atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(obs.route_mask[0]), [True, True, True, True])
   # Light: stop point (0, 26) 20 m ahead, green at t=1: present, (0.4, 0), one-hot go.
   np.testing.assert_allclose(np.asarray(obs.light[0]), [1, 0.4, 0.0, 0, 0, 1, 0], atol=1e-6)
   # The other car heads -x: the stop point is beside it, not ahead.
