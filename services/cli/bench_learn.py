@@ -6,7 +6,8 @@
 2. Real scenes (../shared/data): the logged self-driving car controlled, BC alone vs BC + PPO, reported as paper
    002's Table 2 (failure rate, progress ratio, collision, off-road, off-route, red-light and stop-line
    violations), on the training and the held-out scenes, trained and scored as paper 002 does (no goal done
-   signal; see `real_part`), and also scored with the goal ending the episode.
+   signal, paper 002's rewards for fine-tuning, the checkpoint with the lowest failure rate kept; see `real_part`),
+   and also scored with the goal ending the episode.
 `--quick` shortens everything for a 2-core machine (synthetic logs of 41 steps, small scene sets, time budgets):
 its numbers say that learning works and how fast, not what the full configuration reaches.
 """
@@ -43,11 +44,11 @@ def settings(quick: bool) -> dict:
   """The benchmark's recipe (also `make run`'s training phase, services/cli/demo_train.py)."""
   if quick:
     return dict(num_timesteps=41, synth_scenes=48, synth_vehicles=(4, 10), max_objects=16, synth_budget_s=600,
-                held_out_fraction=0.25, eval_every=60, scenes_per_iter=4, bc_iters=150, ppo_iters=100, lr_ppo=1e-3,
-                lr_bc=2e-3, lr_finetune=5.6e-5, net="tiny")
+                held_out_fraction=0.25, eval_every=60, scenes_per_iter=4, bc_iters=300, ppo_iters=200, lr_ppo=1e-3,
+                lr_bc=2e-3, lr_finetune=5.6e-5, net="tiny", select_every=25)
   return dict(num_timesteps=91, synth_scenes=64, synth_vehicles=(10, 28), max_objects=32, synth_budget_s=3600,
               held_out_fraction=0.25, eval_every=50, scenes_per_iter=8, bc_iters=1000, ppo_iters=1000, lr_ppo=3e-4,
-              lr_bc=2e-3, lr_finetune=5.6e-5, net="small")
+              lr_bc=2e-3, lr_finetune=5.6e-5, net="small", select_every=50)
 
 
 # Paper 002's RL fine-tuning after BC (appendix E): clip 0.3, entropy 3e-2, lr 5.6e-5 (`lr_finetune`). Its value
@@ -161,6 +162,7 @@ def real_part(s: dict, seed: int, real_dir: str) -> dict:
   from shared import evaluation
   from shared.algos import ppo
   from shared.scenes import types
+  from shared.sim import rewards
 
   caps = types.SceneConfig(max_objects=s["max_objects"], max_road_points=3000)
   scenes, metas, _ = train_cmd.load_scenes(real_dir, None, seed, caps)
@@ -183,10 +185,34 @@ def real_part(s: dict, seed: int, real_dir: str) -> dict:
   bc_cfg = dataclasses.replace(bc_cfg, dagger_ramp_iters=s.get("bc_dagger_ramp", 0))
   params, bc_steps, bc_wall, _ = _train(agent, bc_cfg, train_scenes, s["bc_iters"], seed, None, curve, "bc")
   rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))
-  ppo_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_finetune"], scenes_per_iter=n), "ppo", env_cfg,
+  # Fine-tuning uses paper 002's rewards (dense progress, speeding and comfort; large penalties on collision,
+  # off-road, off-route, red light and stop line) with its done signals; evaluation has neither.
+  ppo_env = dc.replace(env_cfg, reward=rewards.RewardConfig.paper_002())
+  ppo_cfg = train_cmd.fused_config(_args(s, "sdc", lr=s["lr_finetune"], scenes_per_iter=n), "ppo", ppo_env,
                                    ppo.PPOConfig(**FINETUNE_PPO))
-  params, ppo_steps, ppo_wall, _ = _train(agent, ppo_cfg, train_scenes, s["ppo_iters"], seed, params, curve, "ppo")
+  # Checkpoint selection as paper 002 (section 5): evaluated every `select_every` iterations, the checkpoint kept
+  # is the one with the lowest failure rate, then the highest progress ratio up to 1, on the TRAINING scenes (with
+  # 10 scenes there is no separate evaluation set; the held-out scenes never take part in the choice).
+  bc_train = rows["bc"]["train"]
+  chosen = {"score": (bc_train["failure"], -min(bc_train["progress_ratio"], 1.0)), "agent_steps": 0,
+            "params": params}
+  ppo_evals = []
+
+  def on_select(p, steps, wall):
+    r = _evaluate(agent, p, train_scenes, env_cfg, seed)
+    ppo_evals.append({"agent_steps": steps, **{k: r[k] for k in ("failure", "progress_ratio", "collision",
+                                                                   "offroad", "offroute")}})
+    score = (r["failure"], -min(r["progress_ratio"], 1.0))
+    if score < chosen["score"]:
+      chosen.update(score=score, agent_steps=steps, params=jax.device_get(p))
+    return True
+
+  params, ppo_steps, ppo_wall, _ = _train(agent, ppo_cfg, train_scenes, s["ppo_iters"], seed, params, curve, "ppo",
+                                          on_select, s["select_every"])
   rows["bc+ppo"] = dict(split_eval(params), agent_steps=ppo_steps, wall_s=round(ppo_wall, 1))
+  rows["bc+ppo_selected"] = dict(split_eval(chosen["params"]), agent_steps=chosen["agent_steps"],
+                                 selected_by="lowest training-scene failure, then highest progress ratio up to 1",
+                                 training_scene_evals=ppo_evals)
   for name in ("log", "expert-grid"):
     row = {}
     for key, cfg in (("all", env_cfg), ("all_at_goal_stop", stop_cfg)):
@@ -221,8 +247,15 @@ def plot(result: dict, path: str) -> None:
     for phase, key in (("bc", "accuracy"), ("ppo", "goal_rate")):
       c = [r for r in real["curve"] if r["phase"] == phase and key in r]
       ax.plot([r["agent_steps"] for r in c], [r[key] for r in c], label=f"{phase}: {key} (training)")
+    sel = real["table2"].get("bc+ppo_selected", {}).get("training_scene_evals", [])
+    if sel:
+      ax.plot([r["agent_steps"] for r in sel], [r["failure"] for r in sel], "s--", label="ppo: failure (train scenes, greedy)")
+      ax.plot([r["agent_steps"] for r in sel], [min(r["progress_ratio"], 1.5) / 1.5 for r in sel], "o:",
+              label="ppo: progress ratio / 1.5 (train scenes, greedy)")
+      chosen = real["table2"]["bc+ppo_selected"]["agent_steps"]
+      ax.axvline(chosen, color="grey", lw=0.8, label=f"selected checkpoint ({chosen:,} steps)")
     ax.set(title="real scenes, SDC: BC then PPO", xlabel="agent steps (per phase)", ylim=(0, 1))
-    ax.legend()
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
