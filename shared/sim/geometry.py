@@ -82,11 +82,12 @@ def pairwise_sat_gap(x, y, yaw, length, width):
   return sat_gap(boxes, boxes)
 
 
-def point_segment_distance(px, py, ax, ay, bx, by):
-  """Distance from points to segments a->b, plus the segment parameter t in [0, 1]; broadcasting (...,)."""
+def point_segment_distance(px, py, ax, ay, bx, by, t_max=1.0):
+  """Distance from points to segments a->b, plus the segment parameter t in [0, t_max]; broadcasting (...,).
+  t_max (broadcast too) above 1 extends a segment past b (inf: a ray)."""
   dx, dy = bx - ax, by - ay
   len2 = dx * dx + dy * dy
-  t = jnp.clip(((px - ax) * dx + (py - ay) * dy) / jnp.maximum(len2, 1e-12), 0.0, 1.0)
+  t = jnp.clip(((px - ax) * dx + (py - ay) * dy) / jnp.maximum(len2, 1e-12), 0.0, t_max)
   qx, qy = ax + t * dx, ay + t * dy
   return jnp.hypot(px - qx, py - qy), t
 
@@ -298,6 +299,11 @@ def _log_segments(objects: types.ObjectTracks):
   return ax, ay, bx, by, jnp.hypot(bx - ax, by - ay), both
 
 
+def _last_moving(seg):
+  """(O,) int32 index of the last segment of positive length of each path (seg (O, T)); -1 where none."""
+  return jnp.max(jnp.where(seg > 1e-6, jnp.arange(seg.shape[1]), -1), 1).astype(jnp.int32)
+
+
 @flax.struct.dataclass
 class PathEnd:
   """Where each object's logged path goes on past its end (see `log_path_end`); (O,) arrays, static per scene.
@@ -325,7 +331,7 @@ def log_path_end(objects: types.ObjectTracks) -> PathEnd:
   Depends on the log only: env.reset computes it once (SimState.path_end)."""
   ax, ay, bx, by, seg, both = _log_segments(objects)
   n = jnp.arange(seg.shape[1])
-  last = jnp.max(jnp.where(seg > 1e-6, n, -1), 1).astype(jnp.int32)
+  last = _last_moving(seg)
   take = lambda a: jnp.take_along_axis(a, jnp.maximum(last, 0)[:, None], 1)[:, 0]
   length = jnp.maximum(take(seg), 1e-6)
   return PathEnd(last=last, last_valid=jnp.max(jnp.where(objects.valid, n, -1), 1).astype(jnp.int32),
@@ -347,12 +353,9 @@ def project_on_log_path(objects: types.ObjectTracks, x, y, end: PathEnd | None =
   chex.assert_rank([objects.x, x], [2, 1])
   ax, ay, bx, by, seg, _ = _log_segments(objects)
   n = jnp.arange(seg.shape[1])
-  last = (log_path_end(objects) if end is None else end).last
-  dx, dy = bx - ax, by - ay
-  px, py = x[:, None], y[:, None]
-  u = ((px - ax) * dx + (py - ay) * dy) / jnp.maximum(dx * dx + dy * dy, 1e-12)
-  t = jnp.clip(u, 0.0, jnp.where(n == last[:, None], jnp.inf, 1.0))  # the ray: unbounded past its end
-  d = jnp.hypot(ax + t * dx - px, ay + t * dy - py)
+  last = _last_moving(seg) if end is None else end.last
+  ray = jnp.where(n == last[:, None], jnp.inf, 1.0)  # the last moving segment is unbounded past its end
+  d, t = point_segment_distance(x[:, None], y[:, None], ax, ay, bx, by, ray)
   d = jnp.where(objects.valid, d, jnp.inf)
   j = argmin_last(d)
   take = lambda a: jnp.take_along_axis(a, j[:, None], 1)[:, 0]
