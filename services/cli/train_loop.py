@@ -18,11 +18,12 @@ def _ckpt_template(carry):
   return {"train": carry.train, "rng": carry.rng, "iteration": carry.iteration}
 
 
-def summary_row(per_agent: dict) -> dict:
-  """Rates over all evaluated agents (paper 002's Table 2 columns, goal, progress ratio) of per-agent metrics."""
+def summary_row(per_agent: dict, split: str = "all") -> dict:
+  """Rates over the evaluated agents of `split` (episode.SPLITS: all, moving, parked) of per-agent metrics: paper
+  002's Table 2 columns, goal, progress ratio."""
   from shared.sim import episode
 
-  a = episode.summarize(per_agent)["all"]
+  a = episode.summarize(per_agent)[split]
   row = {k: a[k]["rate"] for k in ("failure", "collision", "offroad", "offroute", "red_light_run",
                                    "stop_line_violation", "goal_reached")}
   row.update(agents=a["agents"], progress_ratio=a["progress_ratio"]["mean"],
@@ -30,14 +31,17 @@ def summary_row(per_agent: dict) -> dict:
   return row
 
 
-def eval_row(agent, params, scenarios, env_cfg, seed: int) -> dict:
-  """Greedy evaluation (done signals off) of `params` on a list of scenes -> `summary_row`."""
+def eval_row(agent, params, scenarios, env_cfg, seed: int, splits=None) -> dict:
+  """Greedy evaluation (done signals off) of `params` on a list of scenes -> `summary_row` (of all agents), or with
+  `splits` (names of episode.SPLITS) {split: summary_row} from the one evaluation."""
   import jax
 
   from shared import evaluation
 
   res = evaluation.evaluate_scenes(agent.policy_fn(greedy=True), params, scenarios, env_cfg,
                                    jax.random.PRNGKey(seed), batch_size=min(4, len(scenarios)))
+  if splits is not None:
+    return {k: summary_row(res["per_agent"], k) for k in splits}
   return summary_row(res["per_agent"])
 
 

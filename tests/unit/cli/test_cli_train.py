@@ -41,6 +41,18 @@ def test_summary_row_rates_over_evaluated_agents():
   assert row["episodic_reward"] == pytest.approx(-1 / 3)
 
 
+def test_summary_row_of_the_moving_split_leaves_parked_agents_out():
+  pa = _per_agent(moving=[1, 0, 1, 1], failure=[0, 1, 1, 0], offroad=[0, 1, 0, 0], collision=[0, 0, 1, 0],
+                  progress_valid=[1, 1, 1, 1], progress_ratio=[1.0, 0.0, 0.5, 7.0])
+  moving = train_cmd.summary_row(pa, "moving")
+  assert moving["agents"] == 2  # objects 0 and 2 (1 is parked, 3 not evaluated)
+  assert moving["failure"] == pytest.approx(0.5) and moving["offroad"] == 0.0
+  assert moving["progress_ratio"] == pytest.approx(0.75)
+  parked = train_cmd.summary_row(pa, "parked")
+  assert parked["agents"] == 1 and parked["offroad"] == 1.0
+  assert train_cmd.summary_row(pa)["agents"] == 3
+
+
 def test_eval_status_line():
   assert train_loop._eval_status(None) == "held-out: pending"
   row = {"eval/goal_reached": 0.875, "eval/collision": 0.0625, "eval/offroad": 0.0}
