@@ -193,14 +193,17 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
     return row
 
   n = min(4, len(train_scenes))
+  # Fine-tuning uses paper 002's rewards (dense progress, speeding and comfort; large penalties on collision,
+  # off-road, off-route, red light and stop line) with its done signals; evaluation has neither. BC's value head
+  # learns the discounted return of the expert's replay under those same rewards and done signals (paper 002
+  # pretrains its value function on the log), so fine-tuning starts from a value function of its own reward
+  # instead of the default +1 / -1 one.
+  ppo_env = dc.replace(env_cfg, reward=rewards.RewardConfig.paper_002())
   bc_cfg = train_cmd.fused_config(_args(s, agents, lr=s["lr_bc"], scenes_per_iter=n, bc_dagger=s.get("bc_dagger", 0.0)),
-                                  "bc", env_cfg)
+                                  "bc", ppo_env)
   bc_cfg = dataclasses.replace(bc_cfg, dagger_ramp_iters=s.get("bc_dagger_ramp", 0))
   params, bc_steps, bc_wall, _ = _train(agent, bc_cfg, train_scenes, s["bc_iters"], seed, None, curve, "bc")
   rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))
-  # Fine-tuning uses paper 002's rewards (dense progress, speeding and comfort; large penalties on collision,
-  # off-road, off-route, red light and stop line) with its done signals; evaluation has neither.
-  ppo_env = dc.replace(env_cfg, reward=rewards.RewardConfig.paper_002())
   ppo_cfg = train_cmd.fused_config(_args(s, agents, lr=s["lr_finetune"], scenes_per_iter=n), "ppo", ppo_env,
                                    ppo.PPOConfig(**FINETUNE_PPO))
   # Checkpoint selection as paper 002 (section 5): evaluated every `select_every` iterations, the checkpoint kept
