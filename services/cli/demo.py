@@ -129,8 +129,9 @@ def _stack_md(stack: dict) -> list[str]:
   md = ["## Service stack", "",
         f"`drivelab {stack['command'].split(' ', 2)[-1]}` exited {stack['returncode']} after {stack['seconds']} s. "
         "Processes (restarts): " + ", ".join(f"{k} ({v['restarts']})" for k, v in stack["children"].items()) + ".",
-        "", "The learner is the stand-in until the PPO learner lands in the service; the evaluator scores the "
-        "newest params greedily on scene batches:", "",
+        "", "The learner runs PPO (V-trace targets) on the actors' trajectories from version 0 for these "
+        "seconds, so its params barely move; the evaluator scores the newest params greedily on a scene batch "
+        "every 10 s:", "",
         "| params version | agents | goal reached | collision | off-road | progress ratio |", "|---|---|---|---|---|---|"]
   fmt = lambda v: "-" if v is None else f"{v:.3f}"
   md += [f"| {e['params_version']} | {e['agents']} | {fmt(e['goal_reached'])} | {fmt(e['collision'])} | "
