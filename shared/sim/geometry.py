@@ -339,6 +339,13 @@ def log_path_end(objects: types.ObjectTracks) -> PathEnd:
                  step_m=jnp.sum(seg, 1) / jnp.maximum(jnp.sum(both, 1), 1))
 
 
+def log_arc_length_at(objects: types.ObjectTracks, t):
+  """(O,) arc length of each object's logged path from its first valid step to its logged position at step t (the
+  same arc length as project_on_log_path's; past the log's last valid step, the whole path)."""
+  seg = _log_segments(objects)[4]
+  return jnp.sum(jnp.where(jnp.arange(seg.shape[1]) < t, seg, 0.0), 1)
+
+
 def project_on_log_path(objects: types.ObjectTracks, x, y, end: PathEnd | None = None):
   """Projects positions (O,) on each object's own logged path (O, T): segments t -> t+1 between consecutive valid
   steps; a valid step whose successor is invalid (or the last step) is a zero-length segment, so isolated points

@@ -2,7 +2,8 @@
 
   r = goal * newly_reached + collision * overlap + offroad * offroad + offroute * offroute
       + red_light * red_light_run + stop_sign * stop_line_violation
-      + progress * clip(progress_m(state) - progress_m(prev), +-progress_clip_m)
+      + progress * clip(capped(state) - capped(prev), +-progress_clip_m)
+        capped(s) = min(progress_m(s), log_progress_m(s.t) + progress_lead_m)   (uncapped when progress_lead_m is None)
       + speeding * max(speed - speed_limit_mps, 0)
       + comfort_accel * accel^2 + comfort_lat * lat_accel^2 + comfort_jerk * jerk^2
 The default is paper 000's episodic reward (+1 goal, -1 crash: collision or off-road). Paper 002's dense terms
@@ -38,6 +39,9 @@ class RewardConfig:
     stop_sign: on the step a stop sign is passed without stopping.
     progress: per metre of progress along the logged path.
     progress_clip_m: largest progress counted in one step (the nearest path point can jump where a path loops).
+    progress_lead_m: progress counts only up to this far ahead of where the log itself is at that step (None: no
+      cap). The other objects replay the log and do not react, so progress bought by driving faster than the log
+      is progress into the car ahead; with the cap, matching the log earns the whole progress reward.
     speeding: per m/s above speed_limit_mps, per step.
     speed_limit_mps: speed above which speeding is paid (WOMD has no posted limits).
     comfort_accel: per (m/s^2)^2 of longitudinal acceleration.
@@ -53,6 +57,7 @@ class RewardConfig:
   stop_sign: float = 0.0
   progress: float = 0.0
   progress_clip_m: float = 5.0
+  progress_lead_m: float | None = None
   speeding: float = 0.0
   speed_limit_mps: float = 20.0
   comfort_accel: float = 0.0
@@ -63,7 +68,7 @@ class RewardConfig:
   def paper_002(cls) -> "RewardConfig":
     """Paper 002's terms: dense progress, speeding and comfort; large penalties on its done events."""
     return cls(goal=0.0, collision=-5.0, offroad=-5.0, offroute=-5.0, red_light=-5.0, stop_sign=-5.0,
-               progress=0.05, speeding=-0.02, comfort_accel=-0.002, comfort_lat=-0.002, comfort_jerk=0.0)
+               progress=0.05, progress_lead_m=5.0, speeding=-0.02, comfort_accel=-0.002, comfort_lat=-0.002, comfort_jerk=0.0)
 
 
 def compute_reward(metrics: StepMetrics, prev: SimState, state: SimState, cfg: RewardConfig = RewardConfig()):
@@ -76,7 +81,11 @@ def compute_reward(metrics: StepMetrics, prev: SimState, state: SimState, cfg: R
   if cfg.progress:  # static: skip the projection of prev when the term is off
     log = state.scenario.objects
     _, prev_progress, _ = geometry.project_on_log_path(log, prev.objects.x, prev.objects.y, state.path_end)
-    delta = jnp.where(prev.objects.valid, metrics.progress_m - prev_progress, 0.0)
+    now = metrics.progress_m
+    if cfg.progress_lead_m is not None:
+      lead = lambda s: geometry.log_arc_length_at(log, s.t) + cfg.progress_lead_m
+      now, prev_progress = jnp.minimum(now, lead(state)), jnp.minimum(prev_progress, lead(prev))
+    delta = jnp.where(prev.objects.valid, now - prev_progress, 0.0)
     r += cfg.progress * jnp.clip(delta, -cfg.progress_clip_m, cfg.progress_clip_m)
   r += cfg.speeding * jnp.maximum(metrics.speed_mps - cfg.speed_limit_mps, 0.0)
   r += cfg.comfort_accel * metrics.accel_mps2**2 + cfg.comfort_lat * metrics.lat_accel_mps2**2

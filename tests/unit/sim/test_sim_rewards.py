@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,3 +86,30 @@ def test_paper_002_preset_penalises_done_events():
   prev = _state([5.0, 5.0])
   r = rewards.compute_reward(_metrics(overlap=[True, False], progress_m=[5.0, 5.0]), prev, prev, cfg)
   assert float(r[0]) == pytest.approx(cfg.collision) and float(r[1]) == 0.0
+
+
+def test_progress_counts_only_up_to_the_lead_over_the_log():
+  # Logged paths x = 0, 5, 10 at t = 0, 1, 2: the log's own arc length is 5 m at t = 1 and 10 m at t = 2.
+  cfg = rewards.RewardConfig(goal=0.0, collision=0.0, offroad=0.0, progress=1.0, progress_clip_m=100.0,
+                             progress_lead_m=1.0)
+  prev = _state([5.0, 7.0])  # t = 1; car 1 is already 2 m ahead of the log (cap 5 + 1 = 6)
+  state = prev.replace(t=jnp.asarray(2, jnp.int32))  # cap 10 + 1 = 11
+  m = _metrics(progress_m=[12.0, 12.0])
+  # Car 0: min(12, 11) - min(5, 6) = 6; car 1: min(12, 11) - min(7, 6) = 5.
+  np.testing.assert_allclose(np.asarray(rewards.compute_reward(m, prev, state, cfg)), [6.0, 5.0], atol=1e-5)
+  m = _metrics(progress_m=[9.0, 9.0])  # behind the cap: the whole progress counts
+  np.testing.assert_allclose(np.asarray(rewards.compute_reward(m, prev, state, cfg)), [4.0, 3.0], atol=1e-5)
+  uncapped = dataclasses.replace(cfg, progress_lead_m=None)
+  np.testing.assert_allclose(np.asarray(rewards.compute_reward(_metrics(progress_m=[12.0, 12.0]), prev, state,
+                                                               uncapped)), [7.0, 5.0], atol=1e-5)
+
+
+def test_log_arc_length_at_skips_gaps_and_stops_at_the_end():
+  from shared.sim import geometry
+
+  log = _state([0.0, 0.0]).scenario.objects
+  np.testing.assert_allclose(np.asarray(geometry.log_arc_length_at(log, 0)), [0.0, 0.0])
+  np.testing.assert_allclose(np.asarray(geometry.log_arc_length_at(log, 2)), [10.0, 10.0])
+  np.testing.assert_allclose(np.asarray(geometry.log_arc_length_at(log, 7)), [10.0, 10.0])  # past the log's end
+  gap = log.replace(valid=log.valid.at[0, 1].set(False))  # car 0 has no step 1: no segment spans the gap
+  np.testing.assert_allclose(np.asarray(geometry.log_arc_length_at(gap, 2)), [0.0, 10.0])
