@@ -3,11 +3,12 @@
 1. Synthetic: PPO from scratch, every vehicle controlled, evaluated greedily (done signals off) on held-out
    synthetic scenes every few iterations: agent steps and wall time until the goal rate reaches the target with
    collision + off-road at most `--max-failure` (issue 4: 95% and 3%), or the budget runs out.
-2. Real scenes (../shared/data): the logged self-driving car controlled, BC alone vs BC + PPO, reported as paper
-   002's Table 2 (failure rate, progress ratio, collision, off-road, off-route, red-light and stop-line
-   violations), on the training and the held-out scenes, trained and scored as paper 002 does (no goal done
-   signal, paper 002's rewards for fine-tuning, the checkpoint with the lowest failure rate kept; see `real_part`),
-   and also scored with the goal ending the episode.
+2. Real scenes (../shared/data): the logged self-driving car controlled, then every vehicle (up to the recipe's
+   objects per scene; scored on the moving ones), BC alone vs BC + PPO, reported as paper 002's Table 2 (failure
+   rate, progress ratio, collision, off-road, off-route, red-light and stop-line violations), on the training and
+   the held-out scenes, trained and scored as paper 002 does (no goal done signal, paper 002's rewards for
+   fine-tuning, the checkpoint with the lowest failure rate kept; see `real_part`), and also scored with the goal
+   ending the episode.
 `--quick` shortens everything for a 2-core machine (synthetic logs of 41 steps, small scene sets, time budgets):
 its numbers say that learning works and how fast, not what the full configuration reaches.
 """
@@ -233,13 +234,15 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
   for name in ("log", "expert-grid"):
     row = {}
     for key, cfg in (("all", env_cfg), ("all_at_goal_stop", stop_cfg)):
-      res = evaluation.evaluate_scenes(name, None, scenes, cfg, jax.random.PRNGKey(seed), batch_size=min(4, len(scenes)))
+      res = evaluation.evaluate_scenes(name, None, scenes, cfg, jax.random.PRNGKey(seed),
+                                       batch_size=min(4, len(scenes)))
       row[key] = train_cmd.summary_row(res["per_agent"], scored)
       if scored != "all":
         row[key]["all_vehicles"] = train_cmd.summary_row(res["per_agent"])
     rows[name] = row
   return {"scenes": {"train": len(train_idx), "held_out": len(held), "dir": os.path.abspath(real_dir)},
-          "agents": agents, "scored_vehicles": scored, "at_goal": "drive-on", "net": s["net"], "table2": rows, "curve": curve}
+          "agents": agents, "scored_vehicles": scored, "at_goal": "drive-on", "net": s["net"], "table2": rows,
+          "curve": curve}
 
 
 def _plot_real(ax, real: dict) -> None:
@@ -248,7 +251,8 @@ def _plot_real(ax, real: dict) -> None:
     ax.plot([r["agent_steps"] for r in c], [r[key] for r in c], label=f"{phase}: {key} (training)")
   sel = real["table2"].get("bc+ppo_selected", {}).get("training_scene_evals", [])
   if sel:
-    ax.plot([r["agent_steps"] for r in sel], [r["failure"] for r in sel], "s--", label="ppo: failure (train scenes, greedy)")
+    ax.plot([r["agent_steps"] for r in sel], [r["failure"] for r in sel], "s--",
+            label="ppo: failure (train scenes, greedy)")
     ax.plot([r["agent_steps"] for r in sel], [min(r["progress_ratio"], 1.5) / 1.5 for r in sel], "o:",
             label="ppo: progress ratio / 1.5 (train scenes, greedy)")
     chosen = real["table2"]["bc+ppo_selected"]["agent_steps"]

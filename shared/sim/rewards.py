@@ -68,7 +68,8 @@ class RewardConfig:
   def paper_002(cls) -> "RewardConfig":
     """Paper 002's terms: dense progress, speeding and comfort; large penalties on its done events."""
     return cls(goal=0.0, collision=-5.0, offroad=-5.0, offroute=-5.0, red_light=-5.0, stop_sign=-5.0,
-               progress=0.05, progress_lead_m=5.0, speeding=-0.02, comfort_accel=-0.002, comfort_lat=-0.002, comfort_jerk=0.0)
+               progress=0.05, progress_lead_m=5.0, speeding=-0.02, comfort_accel=-0.002, comfort_lat=-0.002,
+               comfort_jerk=0.0)
 
 
 def compute_reward(metrics: StepMetrics, prev: SimState, state: SimState, cfg: RewardConfig = RewardConfig()):
