@@ -183,10 +183,11 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
   curve, rows = [], {}
 
   scored = "all" if agents == "sdc" else "moving"
+  # the row of the scored split, with the all-vehicle row beside it when that is another split
+  headline = lambda r: r["all"] if scored == "all" else dict(r[scored], all_vehicles=r["all"])
 
   def score(p, sc, cfg):
-    r = train_cmd.eval_row(agent, p, sc, cfg, seed, splits=("all", scored))
-    return r["all"] if scored == "all" else dict(r[scored], all_vehicles=r["all"])
+    return headline(train_cmd.eval_rows(agent, p, sc, cfg, seed, ("all", scored)))
 
   def split_eval(p):
     row = {k: score(p, sc, env_cfg) for k, sc in (("train", train_scenes), ("held_out", held_scenes))}
@@ -236,9 +237,7 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
     for key, cfg in (("all", env_cfg), ("all_at_goal_stop", stop_cfg)):
       res = evaluation.evaluate_scenes(name, None, scenes, cfg, jax.random.PRNGKey(seed),
                                        batch_size=min(4, len(scenes)))
-      row[key] = train_cmd.summary_row(res["per_agent"], scored)
-      if scored != "all":
-        row[key]["all_vehicles"] = train_cmd.summary_row(res["per_agent"])
+      row[key] = headline(train_cmd.summary_rows(res["per_agent"], ("all", scored)))
     rows[name] = row
   return {"scenes": {"train": len(train_idx), "held_out": len(held), "dir": os.path.abspath(real_dir)},
           "agents": agents, "scored_vehicles": scored, "at_goal": "drive-on", "net": s["net"], "table2": rows,

@@ -23,7 +23,7 @@ import os
 import time
 
 from services.cli import scenes_io
-from services.cli.train_loop import EVAL_KEYS, eval_row, summary_row, train_phase
+from services.cli.train_loop import EVAL_KEYS, eval_row, eval_rows, summary_row, summary_rows, train_phase
 
 NETS, PRESETS = ("mlp", "perceiver"), ("tiny", "small", "base")
 
@@ -205,4 +205,5 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # train_loop's names are re-exported: the loop is part of this command's interface.
 __all__ = ["EVAL_KEYS", "register", "cmd_train", "eval_row", "evaluate_and_report", "fused_config", "load_policy",
-           "load_scenes", "make_agent", "summary_row", "train_env_config", "train_phase"]
+           "load_scenes", "make_agent", "summary_row", "summary_rows", "eval_rows", "train_env_config",
+           "train_phase"]

@@ -18,12 +18,8 @@ def _ckpt_template(carry):
   return {"train": carry.train, "rng": carry.rng, "iteration": carry.iteration}
 
 
-def summary_row(per_agent: dict, split: str = "all") -> dict:
-  """Rates over the evaluated agents of `split` (episode.SPLITS: all, moving, parked) of per-agent metrics: paper
-  002's Table 2 columns, goal, progress ratio."""
-  from shared.sim import episode
-
-  a = episode.summarize(per_agent)[split]
+def _row(a: dict) -> dict:
+  """One split of episode.summarize -> paper 002's Table 2 columns, goal, progress ratio."""
   row = {k: a[k]["rate"] for k in ("failure", "collision", "offroad", "offroute", "red_light_run",
                                    "stop_line_violation", "goal_reached")}
   row.update(agents=a["agents"], progress_ratio=a["progress_ratio"]["mean"],
@@ -31,18 +27,34 @@ def summary_row(per_agent: dict, split: str = "all") -> dict:
   return row
 
 
-def eval_row(agent, params, scenarios, env_cfg, seed: int, splits=None) -> dict:
-  """Greedy evaluation (done signals off) of `params` on a list of scenes -> `summary_row` (of all agents), or with
-  `splits` (names of episode.SPLITS) {split: summary_row} from the one evaluation."""
+def summary_rows(per_agent: dict, splits=("all",)) -> dict:
+  """{split: row} over the evaluated agents of each split (episode.SPLITS: all, moving, parked) of per-agent
+  metrics, from one episode.summarize: paper 002's Table 2 columns, goal, progress ratio."""
+  from shared.sim import episode
+
+  summary = episode.summarize(per_agent)
+  return {k: _row(summary[k]) for k in splits}
+
+
+def summary_row(per_agent: dict, split: str = "all") -> dict:
+  """summary_rows of one split."""
+  return summary_rows(per_agent, (split,))[split]
+
+
+def eval_rows(agent, params, scenarios, env_cfg, seed: int, splits=("all",)) -> dict:
+  """Greedy evaluation (done signals off) of `params` on a list of scenes -> summary_rows of `splits`."""
   import jax
 
   from shared import evaluation
 
   res = evaluation.evaluate_scenes(agent.policy_fn(greedy=True), params, scenarios, env_cfg,
                                    jax.random.PRNGKey(seed), batch_size=min(4, len(scenarios)))
-  if splits is not None:
-    return {k: summary_row(res["per_agent"], k) for k in splits}
-  return summary_row(res["per_agent"])
+  return summary_rows(res["per_agent"], splits)
+
+
+def eval_row(agent, params, scenarios, env_cfg, seed: int) -> dict:
+  """eval_rows over all agents."""
+  return eval_rows(agent, params, scenarios, env_cfg, seed)["all"]
 
 
 def _eval_status(row: dict | None) -> str:
@@ -118,4 +130,4 @@ def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int
   return jax.device_get(carry.train.params), steps, wall0
 
 
-__all__ = ["EVAL_KEYS", "eval_row", "summary_row", "train_phase"]
+__all__ = ["EVAL_KEYS", "eval_row", "eval_rows", "summary_row", "summary_rows", "train_phase"]

@@ -340,10 +340,12 @@ def log_path_end(objects: types.ObjectTracks) -> PathEnd:
 
 
 def log_arc_length_at(objects: types.ObjectTracks, t):
-  """(O,) arc length of each object's logged path from its first valid step to its logged position at step t (the
-  same arc length as project_on_log_path's; past the log's last valid step, the whole path)."""
+  """(..., O) arc length of each object's logged path from its first valid step to its logged position at step t
+  (the same arc length as project_on_log_path's; past the log's last valid step, the whole path); t: a step or
+  steps (...,), sharing one computation of the path's segments."""
   seg = _log_segments(objects)[4]
-  return jnp.sum(jnp.where(jnp.arange(seg.shape[1]) < t, seg, 0.0), 1)
+  before = jnp.arange(seg.shape[1]) < jnp.asarray(t)[..., None]  # (..., T)
+  return jnp.sum(jnp.where(before[..., None, :], seg, 0.0), -1)
 
 
 def project_on_log_path(objects: types.ObjectTracks, x, y, end: PathEnd | None = None):

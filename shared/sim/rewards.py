@@ -84,8 +84,8 @@ def compute_reward(metrics: StepMetrics, prev: SimState, state: SimState, cfg: R
     _, prev_progress, _ = geometry.project_on_log_path(log, prev.objects.x, prev.objects.y, state.path_end)
     now = metrics.progress_m
     if cfg.progress_lead_m is not None:
-      lead = lambda s: geometry.log_arc_length_at(log, s.t) + cfg.progress_lead_m
-      now, prev_progress = jnp.minimum(now, lead(state)), jnp.minimum(prev_progress, lead(prev))
+      lead_prev, lead_now = geometry.log_arc_length_at(log, jnp.stack([prev.t, state.t])) + cfg.progress_lead_m
+      now, prev_progress = jnp.minimum(now, lead_now), jnp.minimum(prev_progress, lead_prev)
     delta = jnp.where(prev.objects.valid, now - prev_progress, 0.0)
     r += cfg.progress * jnp.clip(delta, -cfg.progress_clip_m, cfg.progress_clip_m)
   r += cfg.speeding * jnp.maximum(metrics.speed_mps - cfg.speed_limit_mps, 0.0)
