@@ -82,13 +82,14 @@ def _evaluate(agent, params, scenes, env_cfg, seed) -> dict:
 
 
 def _train(agent, cfg, scenes, iters: int, seed: int, params, curve: list, phase: str, on_eval=None,
-           eval_every: int = 0, budget_s: float | None = None):
-  """Runs up to `iters` iterations (or `budget_s` seconds); appends training rows to `curve`; returns params."""
+           eval_every: int = 0, budget_s: float | None = None, reference=None):
+  """Runs up to `iters` iterations (or `budget_s` seconds); appends training rows to `curve`; returns params.
+  `reference`: the frozen policy of a KL-to-reference PPO loss (ref_kl_coef > 0)."""
   import jax
 
   from shared.algos import fused
 
-  carry = fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(seed), params)
+  carry = fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(seed), params, reference)
   step_fn = fused.make_train_iteration(agent, cfg)
   t0 = time.perf_counter()
   clock = {}
@@ -99,7 +100,8 @@ def _train(agent, cfg, scenes, iters: int, seed: int, params, curve: list, phase
       clock.update(compile_s=round(time.perf_counter() - t0, 1), start=time.perf_counter())
     wall = time.perf_counter() - clock["start"]
     curve.append({"phase": phase, "iteration": it, "agent_steps": steps, "wall_s": round(wall, 2),
-                  **{k: round(m[k], 4) for k in ("goal_rate", "collision_rate", "offroad_rate", "loss") if k in m},
+                  **{k: round(m[k], 4) for k in ("goal_rate", "collision_rate", "offroad_rate", "loss", "ref_kl")
+                     if k in m},
                   **({"accuracy": round(m["accuracy"], 4)} if "accuracy" in m else {})})
     over = budget_s is not None and wall >= budget_s
     if on_eval is not None and eval_every and (it % eval_every == 1 or over or it == iters):
@@ -225,8 +227,9 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
       chosen.update(score=rank, agent_steps=steps, params=jax.device_get(p))
     return True
 
+  reference = params if ppo_cfg.ppo.ppo.ref_kl_coef > 0 else None  # the BC policy, frozen
   params, ppo_steps, ppo_wall, _ = _train(agent, ppo_cfg, train_scenes, s["ppo_iters"], seed, params, curve, "ppo",
-                                          on_select, s["select_every"])
+                                          on_select, s["select_every"], reference=reference)
   rows["bc+ppo"] = dict(split_eval(params), agent_steps=ppo_steps, wall_s=round(ppo_wall, 1))
   rows["bc+ppo_selected"] = dict(split_eval(chosen["params"]), agent_steps=chosen["agent_steps"],
                                  selected_by=f"lowest training-scene failure ({scored} vehicles), then highest "

@@ -17,7 +17,7 @@ import time
 
 from services.cli import scenes_io
 
-AGENT_MODES = ("sdc", "all")
+AGENT_MODES = ("sdc", "all", "moving")
 AT_GOAL = ("stop", "drive-on")
 AT_GOAL_HELP = ("stop (paper 000: the episode ends at the goal) or drive-on (paper 002's Table 2: no goal done "
                 "signal, progress = distance driven / logged distance)")
@@ -29,7 +29,9 @@ def register(subparsers) -> None:
   p.add_argument("--scenes", required=True, help="folder of scenes (JSON / shards), or 'synthetic'")
   p.add_argument("--num", type=int, default=None, help="scenes to use (synthetic: how many; default 8)")
   p.add_argument("--seed", type=int, default=0, help="synthetic scene seed and evaluation PRNG seed")
-  p.add_argument("--agents", default="all", help="sdc | all | N (the N controllable agents nearest the SDC)")
+  p.add_argument("--agents", default="all",
+                 help="sdc | all | moving (vehicles that move in the log) | N (the N controllable agents nearest the "
+                      "SDC)")
   p.add_argument("--at-goal", default="stop", help=AT_GOAL_HELP)
   p.add_argument("--batch-size", type=int, default=2, help="scenes per compiled batch")
   p.add_argument("--held-out-fraction", type=float, default=0.2, help="share of scenes in the held-out split")
@@ -60,7 +62,7 @@ def env_config_for(agents: str, at_goal: str = "stop"):
     return env.EnvConfig(control_mode=agents, stop_at_goal=stop)
   if agents.isdigit() and 1 <= int(agents) <= 64:
     return env.EnvConfig(control_mode="all", max_controlled=int(agents), stop_at_goal=stop)
-  raise ValueError(f"--agents must be sdc, all or 1..64, got {agents!r}")
+  raise ValueError(f"--agents must be sdc, all, moving or 1..64, got {agents!r}")
 
 
 def _load(args, scene_cfg, progress):

@@ -38,7 +38,9 @@ def register(subparsers) -> None:
   p.add_argument("--steps", type=int, default=200_000, help="agent steps of the main algorithm")
   p.add_argument("--pretrain-steps", type=int, default=None, help="agent steps of BC pretraining (default --steps)")
   p.add_argument("--run-dir", default="runs/train", help="outputs and checkpoints; reruns resume from here")
-  p.add_argument("--agents", default="all", help="sdc | all | N controlled agents per scene")
+  p.add_argument("--agents", default="all",
+                 help="sdc | all | moving (vehicles that move in the log; parked ones replay it) | N controlled agents "
+                      "per scene")
   from services.cli import eval_cmd
 
   p.add_argument("--at-goal", default="stop", help=eval_cmd.AT_GOAL_HELP)
@@ -49,6 +51,9 @@ def register(subparsers) -> None:
   p.add_argument("--bc-dagger", type=float, default=0.0,
                  help="BC: probability that the policy drives a step while the grid expert labels it (DAgger-style; "
                       "0: the expert drives)")
+  p.add_argument("--ref-kl", type=float, default=0.0,
+                 help="with --pretrain bc: weight of KL(pi_BC || pi) in PPO's loss, keeping fine-tuning near the BC "
+                      "policy on the states PPO visits (0: off)")
   p.add_argument("--epochs", type=int, default=4)
   p.add_argument("--minibatches", type=int, default=4)
   p.add_argument("--checkpoint-every", type=int, default=20, help="iterations between checkpoints")
@@ -151,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
   from rich.console import Console
 
   from services.cli import eval_cmd
+  from shared.algos import ppo
 
   console = Console()
   try:
@@ -160,6 +166,8 @@ def cmd_train(args: argparse.Namespace) -> int:
       raise ValueError("need --steps >= 1, --scenes-per-iter >= 1 and --eval-every >= 0")
     if args.pretrain and args.algo != "ppo":
       raise ValueError("--pretrain bc goes with --algo ppo")
+    if args.ref_kl < 0 or (args.ref_kl > 0 and not args.pretrain):
+      raise ValueError("--ref-kl is a weight >= 0 and needs --pretrain bc (the BC policy is the reference)")
     scenarios, metas, source = load_scenes(args.scenes, args.num, args.seed, scene_cfg)
   except ValueError as e:
     console.print(f"drivelab train: {e}")
@@ -174,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
   os.makedirs(args.run_dir, exist_ok=True)
   agent = make_agent(args.net, args.preset)
   meta = {"net": args.net, "preset": args.preset, "agents": args.agents, "at_goal": args.at_goal, "algo": args.algo,
-          "pretrain": args.pretrain,
+          "pretrain": args.pretrain, "ref_kl": args.ref_kl,
           "source": source, "caps": dataclasses.asdict(scene_cfg)}
   with open(os.path.join(args.run_dir, "policy.json"), "w") as f:
     json.dump(meta, f, indent=1)
@@ -183,10 +191,12 @@ def cmd_train(args: argparse.Namespace) -> int:
   t0, params = time.perf_counter(), None
   phases = ([("bc", args.pretrain_steps or args.steps)] if args.pretrain else []) + [(args.algo, args.steps)]
   for algo, steps in phases:
-    cfg = fused_config(args, algo, env_cfg)
+    kl = algo == "ppo" and args.ref_kl > 0  # the reference is the BC phase's final params
+    cfg = fused_config(args, algo, env_cfg, ppo.PPOConfig(ref_kl_coef=args.ref_kl) if kl else None)
     params, done, _ = train_phase(agent, cfg, train_scenes, steps, args.run_dir, args.seed, params,
                                   args.checkpoint_every, not args.no_progress, held_out=held_scenes,
-                                  eval_every=args.eval_every, max_seconds=args.max_seconds)
+                                  eval_every=args.eval_every, max_seconds=args.max_seconds,
+                                  reference=params if kl else None)
     console.print(f"{algo}: {done:,} agent steps, {time.perf_counter() - t0:.0f} s")
   if not args.no_eval:
     record = evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, args.run_dir,

@@ -66,8 +66,10 @@ def _eval_status(row: dict | None) -> str:
 
 def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int, params=None,
                 checkpoint_every: int = 20, show_progress: bool = True, t_offset: float = 0.0,
-                held_out=None, eval_every: int = 0, max_seconds: float | None = None):
+                held_out=None, eval_every: int = 0, max_seconds: float | None = None, reference=None):
   """Runs (or resumes) one phase; returns (params, agent_steps, wall_s). History lines are appended to the run.
+  `reference`: the frozen policy of PPO's KL-to-reference term (PPOConfig.ref_kl_coef > 0), e.g. the BC phase's
+  params (on a resume, the restored BC phase's).
 
   With `held_out` scenes and `eval_every` > 0, the params are evaluated greedily on them every `eval_every`
   iterations and at the end (a history line with kind "eval", shown in the bar); evaluation time is not counted
@@ -82,7 +84,7 @@ def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int
   from shared.algos import fused
 
   ckpt_dir = os.path.join(run_dir, "checkpoints", cfg.algo)
-  carry = fused.init_carry(agent, cfg, scenarios, jax.random.PRNGKey(seed), params)
+  carry = fused.init_carry(agent, cfg, scenarios, jax.random.PRNGKey(seed), params, reference)
   done_steps, wall0 = 0, 0.0
   restored = checkpoint.restore_latest(ckpt_dir, jax.device_get(_ckpt_template(carry)))
   if restored is not None:

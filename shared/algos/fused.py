@@ -78,12 +78,15 @@ class FusedConfig:
 
 @flax.struct.dataclass
 class FusedCarry:
-  """Attributes: train (TrainingState), scenes (Scenario pool, (N, ...)), rng, iteration () int32."""
+  """Attributes: train (TrainingState), scenes (Scenario pool, (N, ...)), rng, iteration () int32, reference
+  (frozen params of the reference policy for PPOConfig.ref_kl_coef > 0, e.g. the BC policy being fine-tuned; None
+  otherwise)."""
 
   train: training.TrainingState
   scenes: types.Scenario
   rng: Array
   iteration: Array
+  reference: Any = None
 
 
 @flax.struct.dataclass
@@ -210,8 +213,11 @@ def make_train_iteration(agent: Agent, cfg: FusedConfig):
   if agent.grid_cfg != cfg.env.actions:
     raise ValueError(f"agent grid {agent.grid_cfg} != environment grid {cfg.env.actions}")
   update = make_update_fn(agent, cfg)
+  kl_to_reference = cfg.algo == "ppo" and cfg.ppo.ppo.ref_kl_coef > 0
 
   def train_iteration(carry: FusedCarry) -> tuple[FusedCarry, Metrics]:
+    if kl_to_reference and carry.reference is None:
+      raise ValueError("PPOConfig.ref_kl_coef > 0 needs reference params: init_carry(..., reference_params=...)")
     rng, k_scenes, k_roll = jax.random.split(carry.rng, 3)
     # COLLECT
     scenarios = sample_scenes(carry.scenes, cfg.num_scenes, k_scenes)
@@ -219,6 +225,10 @@ def make_train_iteration(agent: Agent, cfg: FusedConfig):
                 dagger=dagger_probability(cfg, carry.iteration))
     # UPDATE
     batch = to_trajectory(c) if cfg.algo == "ppo" else to_demonstration(c)
+    if kl_to_reference:  # the reference policy's logits on the visited states, one batched forward pass
+      steps = c.reward.shape[0]
+      ref_logits = agent.apply(carry.reference, jax.tree.map(lambda x: x[:steps], c.obs))[0]
+      batch = batch.replace(reference_logits=jax.lax.stop_gradient(ref_logits))
     train, metrics = update(carry.train, batch)
     metrics = dict(metrics, **rollout_rates(c))
     return carry.replace(train=train, rng=rng, iteration=carry.iteration + 1), metrics
@@ -233,8 +243,9 @@ def observation_example(scenario: types.Scenario, cfg: env.EnvConfig) -> Any:
 
 
 def init_carry(agent: Agent, cfg: FusedConfig, scenarios: list[types.Scenario], rng: Array,
-               params: Any = None) -> FusedCarry:
-  """The carry for a scene pool; fresh params (host-drawn, no compile) unless `params` is given."""
+               params: Any = None, reference_params: Any = None) -> FusedCarry:
+  """The carry for a scene pool; fresh params (host-drawn, no compile) unless `params` is given;
+  `reference_params`: the frozen reference policy of PPOConfig.ref_kl_coef > 0 (a copy is kept)."""
   pool = types.stack(list(scenarios))
   k_params, k_train, k_carry = jax.random.split(rng, 3)
   if params is None:
@@ -242,7 +253,8 @@ def init_carry(agent: Agent, cfg: FusedConfig, scenarios: list[types.Scenario], 
     params = agent.host_init(seed, observation_example(scenarios[0], cfg.env))
   opt = cfg.ppo.optimizer if cfg.algo == "ppo" else cfg.bc.optimizer
   train = training.init_training_state(jax.tree.map(jnp.array, params), training.make_optimizer(opt), k_train)
-  return FusedCarry(train=train, scenes=pool, rng=k_carry, iteration=jnp.zeros((), jnp.int32))
+  reference = None if reference_params is None else jax.tree.map(jnp.array, reference_params)
+  return FusedCarry(train=train, scenes=pool, rng=k_carry, iteration=jnp.zeros((), jnp.int32), reference=reference)
 
 
 # DRIVER

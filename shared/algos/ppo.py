@@ -4,6 +4,7 @@
   L = -mean(min(ratio A, clip(ratio, 1-eps, 1+eps) A))
       + c_v 0.5 mean(max((V - target)^2, (V_clip - target)^2)),  V_clip = V_old + clip(V - V_old, -eps_v, eps_v)
       - c_ent mean(H(pi))
+      + c_ref mean(KL(pi_ref || pi))     (only with ref_kl_coef > 0: a frozen reference policy, e.g. the BC one)
 
 Batches are sample-major pytrees with any leading axes (...); `mask` (...) weights every mean so padded agents and
 steps after an agent's episode ended count for nothing.
@@ -46,6 +47,10 @@ class PPOConfig:
     use_vtrace: targets from V-trace (actor params lag the learner's) instead of GAE.
     clip_rho: V-trace rho_bar threshold.
     clip_pg_rho: V-trace policy-gradient rho threshold.
+    ref_kl_coef: c_ref, weight of KL(pi_ref || pi) to a frozen reference policy whose logits the batch carries
+      (`ref_logits`): fine-tuning a BC policy with it keeps PPO near the demonstrations' action distribution on the
+      states PPO visits (AlphaStar's KL to its supervised policy; paper 002's conclusion proposes such divergence
+      terms for keeping the RL policy close to the imitation one). 0 turns it off.
   """
 
   gamma: float = 0.99
@@ -58,6 +63,7 @@ class PPOConfig:
   use_vtrace: bool = False
   clip_rho: float = 1.0
   clip_pg_rho: float = 1.0
+  ref_kl_coef: float = 0.0
 
 
 @flax.struct.dataclass
@@ -72,6 +78,7 @@ class PPOBatch:
     advantages: (...) from `compute_targets`.
     targets: (...) value targets from `compute_targets`.
     mask: (...) float32, 1 for real samples.
+    ref_logits: the reference policy's logits, one (..., n_i) array per head; needed with ref_kl_coef > 0.
   """
 
   obs: Any
@@ -81,6 +88,7 @@ class PPOBatch:
   advantages: Array
   targets: Array
   mask: Array
+  ref_logits: Any = None
 
 
 def compute_targets(
@@ -134,8 +142,10 @@ def ppo_loss_terms(
     advantages: Array,
     targets: Array,
     mask: Array,
+    ref_kl: Array | None = None,
 ) -> tuple[Array, Metrics]:
-  """The clipped PPO objective from per-sample quantities, all (...) arrays of one shape."""
+  """The clipped PPO objective from per-sample quantities, all (...) arrays of one shape; `ref_kl` is
+  KL(pi_ref || pi) per sample, required with config.ref_kl_coef > 0."""
   chex.assert_equal_shape([logp, logp_old, entropy, value, v_old, advantages, targets, mask])
   mask = mask.astype(jnp.float32)
   advantages = jax.lax.stop_gradient(advantages)
@@ -161,6 +171,12 @@ def ppo_loss_terms(
       "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
       "clip_fraction": masked_mean((jnp.abs(ratio - 1.0) > config.clip_eps).astype(jnp.float32), mask),
   }
+  if config.ref_kl_coef > 0:
+    if ref_kl is None:
+      raise ValueError("PPOConfig.ref_kl_coef > 0 needs the reference policy's KL per sample (PPOBatch.ref_logits)")
+    chex.assert_equal_shape([ref_kl, mask])
+    metrics["ref_kl"] = masked_mean(ref_kl, mask)
+    loss = loss + config.ref_kl_coef * metrics["ref_kl"]
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
 
 
@@ -171,8 +187,11 @@ def make_ppo_loss(config: PPOConfig, apply_fn: ApplyFn) -> LossFn:
     del rng  # the loss is deterministic; the argument keeps one LossFn signature for every learner
     logits, value = apply_fn(params, batch.obs)
     logp = heads.log_prob(logits, batch.actions)
+    ref_kl = None
+    if config.ref_kl_coef > 0 and batch.ref_logits is not None:
+      ref_kl = heads.kl_divergence(jax.lax.stop_gradient(batch.ref_logits), logits)
     return ppo_loss_terms(
         config, logp, batch.logp_old, heads.entropy(logits), value, batch.v_old, batch.advantages, batch.targets,
-        batch.mask)
+        batch.mask, ref_kl)
 
   return loss_fn

@@ -113,6 +113,17 @@ def entropy(logits: Sequence[Array]) -> Array:
   return total
 
 
+def kl_divergence(p_logits: Sequence[Array], q_logits: Sequence[Array]) -> Array:
+  """KL(p || q) of two product distributions = sum of the heads' KLs, (...,)."""
+  if len(p_logits) != len(q_logits):
+    raise ValueError(f"p has {len(p_logits)} heads, q has {len(q_logits)}")
+  total = 0.0
+  for p_head, q_head in zip(p_logits, q_logits):
+    logp, logq = jax.nn.log_softmax(p_head, axis=-1), jax.nn.log_softmax(q_head, axis=-1)
+    total = total + jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+  return total
+
+
 def sample(rng: Array, logits: Sequence[Array]) -> Array:
   """Samples (..., H) int32 actions, one independent draw per head (training)."""
   keys = jax.random.split(rng, len(logits))

@@ -4,7 +4,10 @@ Modes (static strings):
   "sdc":    the self-driving car alone (it counts as controllable even if the reader marked it otherwise);
   "all":    every controllable object valid at t (and logged again later), nearest to the self-driving car first,
             up to `max_agents`;
-  "random": a seeded random subset of those, up to `max_agents`.
+  "random": a seeded random subset of those, up to `max_agents`;
+  "moving": as "all", but only objects that move in the log from t on (logged speed above MOVING_SPEED_MPS at some
+            valid step; the self-driving car always counts): parked cars stay on their log, where they stand still.
+            This is how the evaluation splits agents (shared.sim.episode's "moving" split uses `moving_in_log`).
 `scenario.objects.controllable` already excludes GPUDrive's `mark_as_expert` objects, non-vehicles and objects
 never logged, so those are never picked. Shapes: one scene, (O,) masks; vmap for a batch.
 """
@@ -17,7 +20,15 @@ import jax.numpy as jnp
 
 from shared.scenes.types import Scenario
 
-CONTROL_MODES = ("sdc", "all", "random")
+CONTROL_MODES = ("sdc", "all", "random", "moving")
+MOVING_SPEED_MPS = 1.0
+
+
+def moving_in_log(objects, t, min_speed: float = MOVING_SPEED_MPS) -> jax.Array:
+  """(...,) bool: the object's logged speed exceeds `min_speed` at some valid step >= t (objects (..., O, T))."""
+  steps = jnp.arange(objects.valid.shape[-1])
+  speed = jnp.hypot(objects.vel_x, objects.vel_y)
+  return jnp.any((speed > min_speed) & objects.valid & (steps >= t), axis=-1)
 
 
 def _top_k_mask(score, eligible, k: int):
@@ -53,6 +64,8 @@ def select_controlled(scenario: Scenario, mode: str, max_agents: int, rng, t) ->
   steps = jnp.arange(o.valid.shape[-1])
   logged_later = jnp.any(o.valid & (steps > t), axis=-1)
   eligible = (o.controllable | is_sdc) & valid_t & logged_later
+  if mode == "moving":
+    eligible &= moving_in_log(o, t) | is_sdc
   if mode == "random":
     score = jax.random.uniform(rng, valid_t.shape)
   else:

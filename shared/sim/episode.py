@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shared.scenes.types import WOMD_INIT_STEP
+from shared.sim import control
 
 BOOL_METRICS = ("failure", "collision", "offroad", "offroute", "crash", "goal_reached", "red_light_run",
                 "stop_line_violation")
@@ -52,7 +53,7 @@ class EpisodeConfig:
   """
 
   init_step: int = WOMD_INIT_STEP
-  moving_speed_mps: float = 1.0
+  moving_speed_mps: float = control.MOVING_SPEED_MPS
   min_path_m: float = 1.0
   projection_tie_m: float = 0.05
 
@@ -158,8 +159,7 @@ def _trajectory_metrics(objects, scenario, cfg: EpisodeConfig):
   fx, fy = _forward_fill(log_x, log_y, log_v)
   progress, path = path_progress(fx, fy, pick(objects.x), pick(objects.y), cfg.projection_tie_m)
   path = path * (nboth > 0)
-  speed = jnp.hypot(o.vel_x[:, t0:], o.vel_y[:, t0:])
-  moving = jnp.any((speed > cfg.moving_speed_mps) & log_v, axis=-1)
+  moving = control.moving_in_log(o, t0, cfg.moving_speed_mps)
   return progress, path, ade, fde, moving
 
 

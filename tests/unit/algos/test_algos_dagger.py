@@ -11,7 +11,7 @@ import pytest
 
 from shared.algos import agent as agent_lib
 from shared.algos import fused
-from shared.nets import actor_critic
+from shared.nets import actor_critic, heads
 from shared.scenes import synthetic, types
 from shared.sim import env
 
@@ -60,3 +60,37 @@ def test_policy_drives_and_the_expert_labels():
   # Cars the env replays from the log are untouched by who drives the controlled ones.
   replayed = ~expert.controlled0 & np.asarray(pool.objects.valid[..., ECFG.init_step + STEPS])
   np.testing.assert_allclose(mixed.final.objects.x[replayed], expert.final.objects.x[replayed])
+
+
+def test_ppo_kl_to_a_frozen_reference_keeps_the_policy_near_it():
+  """PPO with ref_kl_coef > 0 and the initial params as the reference: after a few large-step updates the policy
+  stays much nearer the reference (KL on the visited states) than the same updates without the term."""
+  from shared.algos import ppo, ppo_update, training
+
+  scenes = [sc for sc, _ in synthetic.generate_many(2, seed=7)]
+  agent = agent_lib.make_agent(actor_critic.preset("tiny", "mlp"), ECFG.actions)
+  params = agent.host_init(0, fused.observation_example(scenes[0], ECFG))
+
+  def drift(coef):
+    up = ppo_update.PPOUpdateConfig(ppo=ppo.PPOConfig(ref_kl_coef=coef, entropy_coef=0.0),
+                                    optimizer=training.OptimizerConfig(learning_rate=1e-2), num_minibatches=1)
+    cfg = fused.FusedConfig(env=ECFG, algo="ppo", num_scenes=2, num_steps=STEPS, ppo=up)
+    carry = fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(0), params,
+                             reference_params=params if coef > 0 else None)
+    step = fused.make_train_iteration(agent, cfg)
+    for _ in range(3):
+      carry, metrics = step(carry)
+    c = fused.collect(agent, cfg, carry.train.params, carry.scenes, jax.random.PRNGKey(1), expert=False)
+    obs = jax.tree.map(lambda x: x[:STEPS], c.obs)
+    kl = heads.kl_divergence(agent.apply(params, obs)[0], agent.apply(carry.train.params, obs)[0])
+    return float(jnp.sum(kl * c.acting) / jnp.sum(c.acting)), {k: float(v) for k, v in metrics.items()}
+
+  free, m_free = drift(0.0)
+  held, m_held = drift(10.0)
+  assert "ref_kl" in m_held and "ref_kl" not in m_free and np.isfinite(m_held["ref_kl"])
+  assert free > 0.05 and held < 0.25 * free, (free, held)
+  # The term needs the reference's params.
+  up = ppo_update.PPOUpdateConfig(ppo=ppo.PPOConfig(ref_kl_coef=1.0))
+  cfg = fused.FusedConfig(env=ECFG, algo="ppo", num_scenes=2, num_steps=STEPS, ppo=up)
+  with pytest.raises(ValueError, match="reference"):
+    fused.make_train_iteration(agent, cfg)(fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(0), params))

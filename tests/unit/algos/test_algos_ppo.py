@@ -87,6 +87,40 @@ def test_entropy_bonus_at_uniform_factorised_policy():
   np.testing.assert_allclose(metrics["approx_kl"], 0.0, atol=1e-7)
 
 
+def test_kl_divergence_of_factorised_policies_hand_computed():
+  # head 1: KL([.5, .5] || [.9, .1]) = .5 ln(.5/.9) + .5 ln(.5/.1) = .5 ln(25/9); head 2 is the same in p and q.
+  p = (jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([0.2, 0.8])))
+  q = (jnp.log(jnp.array([0.9, 0.1])) + 3.0, jnp.log(jnp.array([0.2, 0.8])))  # logits: shifts do not matter
+  np.testing.assert_allclose(heads.kl_divergence(p, q), 0.5 * np.log(25 / 9), rtol=1e-6)
+  np.testing.assert_allclose(heads.kl_divergence(p, p), 0.0, atol=1e-7)
+  with pytest.raises(ValueError, match="heads"):
+    heads.kl_divergence(p, p[:1])
+
+
+def test_reference_kl_term_adds_its_weighted_kl_and_pulls_toward_the_reference():
+  # Every other term is zero (zero advantages, no value or entropy weight): the loss is c_ref KL(pi_ref || pi), and
+  # gradient descent on it moves the policy to the reference.
+  config = ppo.PPOConfig(entropy_coef=0.0, value_coef=0.0, normalize_advantages=False, ref_kl_coef=2.0)
+  apply_fn = lambda params, obs: ((params["a"], params["b"]), jnp.zeros(2))  # noqa: E731
+  ref = (jnp.log(jnp.array([[0.7, 0.2, 0.1]] * 2)), jnp.log(jnp.array([[0.4, 0.6]] * 2)))
+  batch = ppo.PPOBatch(obs=None, actions=jnp.zeros((2, 2), jnp.int32), logp_old=jnp.zeros(2), v_old=jnp.zeros(2),
+                       advantages=jnp.zeros(2), targets=jnp.zeros(2), mask=jnp.ones(2), ref_logits=ref)
+  params = {"a": jnp.zeros((2, 3)), "b": jnp.zeros((2, 2))}
+  loss_fn = ppo.make_ppo_loss(config, apply_fn)
+  loss, metrics = loss_fn(params, batch, jax.random.PRNGKey(0))
+  kl = heads.kl_divergence(ref, (params["a"], params["b"]))[0]
+  assert kl > 0.1
+  np.testing.assert_allclose(metrics["ref_kl"], kl, rtol=1e-6)
+  np.testing.assert_allclose(loss, 2.0 * kl, rtol=1e-6)
+  grad = jax.jit(jax.grad(lambda p: loss_fn(p, batch, None)[0]))
+  for _ in range(300):
+    params = jax.tree.map(lambda p, g: p - 0.5 * g, params, grad(params))
+  assert loss_fn(params, batch, None)[1]["ref_kl"] < 1e-3
+  # Without the reference's logits the term cannot be computed: a clear error, not a silent zero.
+  with pytest.raises(ValueError, match="ref_kl_coef"):
+    loss_fn(params, batch.replace(ref_logits=None), None)
+
+
 def test_compute_targets_gae_and_vtrace():
   rng = np.random.default_rng(3)
   t, b = 9, 3

@@ -91,6 +91,29 @@ def test_bad_eval_every_exits_2(capsys):
   assert "--eval-every" in capsys.readouterr().out
 
 
+def test_ref_kl_needs_bc_pretraining_exits_2(capsys):
+  args = main.build_parser("*").parse_args(["train", "--ref-kl", "0.5", "--no-progress"])
+  assert args.func(args) == 2
+  assert "--ref-kl" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bc_then_ppo_with_kl_to_the_bc_policy(tmp_path):
+  """--pretrain bc --ref-kl: the PPO phase's loss carries the KL to the BC phase's params (logged as ref_kl: zero
+  at the first minibatch, where the params are BC's, so small but not zero over the epochs)."""
+  run = tmp_path / "run"
+  argv = ["train", "--pretrain", "bc", "--ref-kl", "0.5", "--scenes", "synthetic", "--num", "3", "--seed", "3",
+          "--steps", "1", "--preset", "tiny", "--num-timesteps", "21", "--max-objects", "12", "--max-road-points",
+          "2000", "--eval-every", "0", "--scenes-per-iter", "2", "--minibatches", "2", "--run-dir", str(run),
+          "--no-progress", "--no-eval"]
+  args = main.build_parser("*").parse_args(argv)
+  assert args.func(args) == 0
+  rows = [json.loads(line) for line in (run / "metrics_history.jsonl").read_text().splitlines()]
+  assert [r["phase"] for r in rows] == ["bc", "ppo"]
+  assert "ref_kl" not in rows[0] and 0.0 < rows[1]["ref_kl"] < 0.5
+  assert json.loads((run / "policy.json").read_text())["ref_kl"] == 0.5
+
+
 @pytest.mark.slow
 def test_train_writes_periodic_held_out_evaluations(tmp_path):
   """Two PPO iterations of the tiny net with --eval-every 1: two eval lines after their training lines."""

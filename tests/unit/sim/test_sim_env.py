@@ -147,6 +147,14 @@ def test_controlled_set_caps_experts_and_seeds(real_scene_dir):
   assert r1.sum() == 5 and (r1 == r2).all() and (r1 != r3).any() and not (r1 & ~elig).any()
   # sdc: exactly the self-driving car.
   np.testing.assert_array_equal(control.select_controlled(sc["792d"], "sdc", 1, key, 10), np.asarray(o.is_sdc))
+  # moving: the eligible objects less those whose logged speed never exceeds 1 m/s from t on (computed here from
+  # the raw velocities), the self-driving car kept; fewer than 64 of them, so none is cut by the cap.
+  mv = np.asarray(control.select_controlled(sc["792d"], "moving", 64, key, 10))
+  speed = np.hypot(np.asarray(o.vel_x), np.asarray(o.vel_y))[:, 10:]
+  moves = ((speed > 1.0) & np.asarray(o.valid[:, 10:])).any(-1)
+  expected = elig & (moves | np.asarray(o.is_sdc))
+  assert 1 < expected.sum() < min(elig.sum(), 64)  # the scene has both parked and moving vehicles
+  np.testing.assert_array_equal(mv, expected)
 
 
 def _parked_pair_scene(log_end: int = 90) -> types.Scenario:
