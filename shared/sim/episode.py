@@ -197,6 +197,18 @@ def _rate(flags: np.ndarray, mask: np.ndarray) -> dict:
   return {"rate": (k / n) if n else None, "count": k, "total": n}
 
 
+def wilson_interval(count: int, total: int, z: float = 1.96) -> tuple[float, float] | None:
+  """Wilson score interval of a rate count / total (default 95%); None for total 0. Unlike the normal
+  approximation it stays inside [0, 1] and is not zero-width at 0 or total failures (0/32 -> [0, 0.107])."""
+  if total <= 0:
+    return None
+  p, z2 = count / total, z * z
+  denom = 1.0 + z2 / total
+  center = (p + z2 / (2 * total)) / denom
+  half = z * np.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / denom
+  return max(0.0, float(center - half)), min(1.0, float(center + half))
+
+
 def _mean(values: np.ndarray, mask: np.ndarray) -> dict:
   n = int(np.sum(mask))
   return {"mean": float(np.sum(np.where(mask, values, 0.0)) / n) if n else None, "total": n}

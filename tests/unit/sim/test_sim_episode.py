@@ -146,3 +146,12 @@ def test_summarize_counts_split_moving_and_parked(result):
   assert s["all"]["episodic_reward"]["mean"] == pytest.approx((1 - 1 - 1) / 5)
   only_first = episode.summarize(result, np.array([1, 0, 0, 0, 0, 1], bool))  # mask further; padding stays out
   assert only_first["all"]["agents"] == 1
+
+
+def test_wilson_interval_reference_values():
+  # 2 failures of 32: 95% Wilson [0.0173, 0.2015]; 0 of 10: [0, z^2 / (n + z^2)] = [0, 0.2775]; all of n mirrors 0.
+  lo, hi = episode.wilson_interval(2, 32)
+  np.testing.assert_allclose([lo, hi], [0.0173, 0.2015], atol=2e-4)
+  np.testing.assert_allclose(episode.wilson_interval(0, 10), [0.0, 1.96**2 / (10 + 1.96**2)], atol=1e-9)
+  np.testing.assert_allclose(episode.wilson_interval(10, 10), [1 - 1.96**2 / (10 + 1.96**2), 1.0], atol=1e-9)
+  assert episode.wilson_interval(0, 0) is None
