@@ -4,11 +4,11 @@
    synthetic scenes every few iterations: agent steps and wall time until the goal rate reaches the target with
    collision + off-road at most `--max-failure` (issue 4: 95% and 3%), or the budget runs out.
 2. Real scenes (../shared/data): the logged self-driving car controlled, then every vehicle that moves in the log
-   (up to the recipe's objects per scene; parked ones replay their log), BC alone vs BC + PPO, reported as paper 002's Table 2 (failure
-   rate, progress ratio, collision, off-road, off-route, red-light and stop-line violations), on the training and
-   the held-out scenes, trained and scored as paper 002 does (no goal done signal, paper 002's rewards for
-   fine-tuning with a KL term to the BC policy, the checkpoint with the lowest failure rate kept; see `real_part`),
-   and also scored with the goal ending the episode.
+   (up to the recipe's objects per scene; parked ones replay their log), BC alone vs BC + PPO, reported as paper
+   002's Table 2 (failure rate with its 95% interval, progress ratio, collision, off-road, off-route, red-light and
+   stop-line violations), on the training and the held-out scenes, trained and scored as paper 002 does (no goal
+   done signal, paper 002's rewards for fine-tuning with a KL term to the BC policy, the checkpoint with the lowest
+   failure rate kept; see `real_part`), and also scored with the goal ending the episode.
 `--quick` shortens everything for a 2-core machine (synthetic logs of 41 steps, small scene sets, time budgets):
 its numbers say that learning works and how fast, not what the full configuration reaches.
 """
@@ -159,7 +159,8 @@ def synthetic_part(s: dict, seed: int, goal_target: float, max_failure: float) -
 def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
   """BC vs BC + PPO on the real scenes, as paper 002's Table 2, with `agents` controlled: "sdc" (the logged
   self-driving car), "moving" (every valid vehicle that moves in the log, up to the recipe's `max_objects` objects
-  per scene; parked vehicles follow their log like every other object) or "all" (every valid vehicle): trained and evaluated with no goal done signal ("drive-on"; evaluation has no done signal
+  per scene; parked vehicles follow their log like every other object) or "all" (every valid vehicle): trained and
+  evaluated with no goal done signal ("drive-on"; evaluation has no done signal
   at all), so the progress ratio is distance driven over logged distance. Each policy is also scored with the goal
   ending the episode ("stop", paper 000), which caps a car's progress ratio at 1 - 2 m / its logged distance: the
   "log", "expert-grid" rows show both.

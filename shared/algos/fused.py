@@ -228,7 +228,7 @@ def make_train_iteration(agent: Agent, cfg: FusedConfig):
     if kl_to_reference:  # the reference policy's logits on the visited states, one batched forward pass
       steps = c.reward.shape[0]
       ref_logits = agent.apply(carry.reference, jax.tree.map(lambda x: x[:steps], c.obs))[0]
-      batch = batch.replace(reference_logits=jax.lax.stop_gradient(ref_logits))
+      batch = batch.replace(ref_logits=jax.lax.stop_gradient(ref_logits))
     train, metrics = update(carry.train, batch)
     metrics = dict(metrics, **rollout_rates(c))
     return carry.replace(train=train, rng=rng, iteration=carry.iteration + 1), metrics

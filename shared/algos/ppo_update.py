@@ -63,7 +63,7 @@ class Trajectory:
     terminated: (T, ...) bool, the episode ended at this step (absorbing: no bootstrap).
     truncated: (T, ...) bool, the episode was cut here by a time limit (bootstraps from V(s_{t+1})).
     mask: (T, ...) float32, 1 where the agent acted (controlled and not done before the step).
-    reference_logits: a frozen reference policy's logits at s_0 .. s_{T-1}, one (T, ..., n_i) array per head,
+    ref_logits: a frozen reference policy's logits at s_0 .. s_{T-1}, one (T, ..., n_i) array per head,
       for PPOConfig.ref_kl_coef > 0 (None otherwise).
   """
 
@@ -75,7 +75,7 @@ class Trajectory:
   terminated: Array
   truncated: Array
   mask: Array
-  reference_logits: Any = None
+  ref_logits: Any = None
 
 
 def trajectory_targets(agent: Agent, config: ppo.PPOConfig, params: Any, traj: Trajectory) -> ppo.PPOBatch:
@@ -97,7 +97,7 @@ def trajectory_targets(agent: Agent, config: ppo.PPOConfig, params: Any, traj: T
                                             log_rho)
   step_obs = jax.tree.map(lambda x: x[:num_steps], obs)
   return ppo.PPOBatch(obs=step_obs, actions=traj.actions, logp_old=logp_old, v_old=v_tm1, advantages=advantages,
-                      targets=targets, mask=traj.mask.astype(jnp.float32), ref_logits=traj.reference_logits)
+                      targets=targets, mask=traj.mask.astype(jnp.float32), ref_logits=traj.ref_logits)
 
 
 def make_ppo_update_fn(agent: Agent, config: PPOUpdateConfig = PPOUpdateConfig(), axis_name: str | None = None):
