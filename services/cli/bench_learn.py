@@ -66,7 +66,7 @@ def _agent(s: dict):
 
 
 def _args(s: dict, agents: str, **over) -> argparse.Namespace:
-  base = dict(lr=None, epochs=4, minibatches=2, scenes_per_iter=s["scenes_per_iter"], agents=agents)
+  base = dict(lr=None, epochs=4, minibatches=2, scenes_per_iter=s["scenes_per_iter"], agents=agents, bc_dagger=0.0)
   base.update(over)
   return argparse.Namespace(**base)
 
@@ -208,8 +208,8 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
   # pretrains its value function on the log), so fine-tuning starts from a value function of its own reward
   # instead of the default +1 / -1 one.
   ppo_env = dc.replace(env_cfg, reward=rewards.RewardConfig.paper_002())
-  bc_cfg = train_cmd.fused_config(_args(s, agents, lr=s["lr_bc"], scenes_per_iter=n, bc_dagger=s.get("bc_dagger", 0.0)),
-                                  "bc", ppo_env)
+  bc_args = _args(s, agents, lr=s["lr_bc"], scenes_per_iter=n, bc_dagger=s.get("bc_dagger", 0.0))
+  bc_cfg = train_cmd.fused_config(bc_args, "bc", ppo_env)
   bc_cfg = dataclasses.replace(bc_cfg, dagger_ramp_iters=s.get("bc_dagger_ramp", 0))
   params, bc_steps, bc_wall, _ = _train(agent, bc_cfg, train_scenes, s["bc_iters"], seed, None, curve, "bc")
   rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))

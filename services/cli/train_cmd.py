@@ -114,7 +114,7 @@ def fused_config(args, algo: str, env_cfg, ppo_loss=None):
       ppo=ppo_update.PPOUpdateConfig(ppo=ppo_loss or ppo.PPOConfig(), optimizer=opt, num_epochs=args.epochs,
                                      num_minibatches=args.minibatches),
       bc=bc_update.BCUpdateConfig(optimizer=opt, num_epochs=args.epochs, num_minibatches=args.minibatches),
-      dagger=getattr(args, "bc_dagger", 0.0) if algo == "bc" else 0.0)
+      dagger=args.bc_dagger if algo == "bc" else 0.0)
 
 
 def evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, run_dir: str, source: dict,
