@@ -18,6 +18,8 @@ import time
 from services.cli import scenes_io
 
 AGENT_MODES = ("sdc", "all", "moving")
+AGENTS_HELP = ("sdc | all | moving (the vehicles that move in the log; parked ones replay it) | N (the N "
+               "controllable agents nearest the SDC)")
 AT_GOAL = ("stop", "drive-on")
 AT_GOAL_HELP = ("stop (paper 000: the episode ends at the goal) or drive-on (paper 002's Table 2: no goal done "
                 "signal, progress = distance driven / logged distance)")
@@ -29,9 +31,7 @@ def register(subparsers) -> None:
   p.add_argument("--scenes", required=True, help="folder of scenes (JSON / shards), or 'synthetic'")
   p.add_argument("--num", type=int, default=None, help="scenes to use (synthetic: how many; default 8)")
   p.add_argument("--seed", type=int, default=0, help="synthetic scene seed and evaluation PRNG seed")
-  p.add_argument("--agents", default="all",
-                 help="sdc | all | moving (vehicles that move in the log) | N (the N controllable agents nearest the "
-                      "SDC)")
+  p.add_argument("--agents", default="all", help=AGENTS_HELP)
   p.add_argument("--at-goal", default="stop", help=AT_GOAL_HELP)
   p.add_argument("--batch-size", type=int, default=2, help="scenes per compiled batch")
   p.add_argument("--held-out-fraction", type=float, default=0.2, help="share of scenes in the held-out split")

@@ -38,11 +38,9 @@ def register(subparsers) -> None:
   p.add_argument("--steps", type=int, default=200_000, help="agent steps of the main algorithm")
   p.add_argument("--pretrain-steps", type=int, default=None, help="agent steps of BC pretraining (default --steps)")
   p.add_argument("--run-dir", default="runs/train", help="outputs and checkpoints; reruns resume from here")
-  p.add_argument("--agents", default="all",
-                 help="sdc | all | moving (vehicles that move in the log; parked ones replay it) | N controlled agents "
-                      "per scene")
   from services.cli import eval_cmd
 
+  p.add_argument("--agents", default="all", help=eval_cmd.AGENTS_HELP)
   p.add_argument("--at-goal", default="stop", help=eval_cmd.AT_GOAL_HELP)
   p.add_argument("--net", choices=NETS, default="mlp")
   p.add_argument("--preset", choices=PRESETS, default="small", help="network size")
