@@ -1,6 +1,8 @@
 """`drivelab up` (the whole stack as local processes) and `drivelab serve NAME` (one service process).
 
   drivelab up --simulators 2 --inference 1 --scene-loaders 1 --duration 60 --prometheus --mode service
+  drivelab up --algo bc --run-dir runs/bc --duration 300   # BC on the logged experts, then PPO fine-tuning:
+  drivelab up --init-from runs/bc --ref-kl 0.2 --run-dir runs/ppo
   drivelab serve simulator --mode fused          # flags after NAME go to the service (see `serve NAME --help`)
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -21,10 +24,24 @@ def _up(args: argparse.Namespace) -> int:
       simulators=args.simulators, inference=args.inference, scene_loaders=args.scene_loaders,
       evaluator=not args.no_evaluator, mode=args.mode, duration_s=args.duration, scenes=args.scenes,
       run_dir=args.run_dir, port_offset=args.port_offset, prometheus=args.prometheus,
-      scrape_interval_s=args.scrape_interval, stagger=not args.no_stagger, warmup=args.warmup)
+      scrape_interval_s=args.scrape_interval, stagger=not args.no_stagger, warmup=args.warmup, algo=args.algo,
+      extra_env=learner_env(args))
   sup = supervisor.Supervisor(cfg)
   sup.install_signal_handlers()
   return sup.run()
+
+
+def learner_env(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+  """The learner's fine-tuning settings as env vars for the stack's children (exit 2 on bad ones)."""
+  if args.ref_kl < 0 or (args.ref_kl > 0 and (not args.init_from or args.algo == "bc")):
+    print("drivelab up: --ref-kl is a weight >= 0 and needs --init-from with PPO", file=sys.stderr)
+    raise SystemExit(2)
+  env = []
+  if args.init_from:
+    env.append(("DRIVELAB_LEARNER_INIT_FROM", os.path.abspath(args.init_from)))
+  if args.ref_kl:
+    env.append(("DRIVELAB_LEARNER_REF_KL", repr(float(args.ref_kl))))
+  return tuple(env)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -54,6 +71,12 @@ def register(subparsers) -> None:
   up.add_argument("--warmup", action="store_true",
                   help="compile the simulator once (into JAX's persistent cache) before starting the stack and "
                        "the --duration clock")
+  up.add_argument("--algo", choices=("ppo", "bc"), default="",
+                  help="the learner's algorithm (default: DRIVELAB_ALGO, else ppo); bc clones the logged experts")
+  up.add_argument("--init-from", default="",
+                  help="start the learner from the newest checkpoint of a BC run (its run dir or checkpoints/bc)")
+  up.add_argument("--ref-kl", type=float, default=0.0,
+                  help="with --init-from and PPO: weight of KL(pi_init || pi) in the loss (0: off)")
   up.set_defaults(func=_up)
 
   serve = subparsers.add_parser("serve", help="run one service process (what `up` and the containers run)")

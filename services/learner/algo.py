@@ -39,7 +39,7 @@ DEFAULT_LR = {"ppo": 3e-4, "bc": 1e-3}
 def ppo_config(cfg: config_lib.LearnerConfig) -> ppo_update.PPOUpdateConfig:
   lr = cfg.learning_rate or DEFAULT_LR["ppo"]
   loss = ppo.PPOConfig(gamma=cfg.gamma, lambda_=cfg.gae_lambda, clip_eps=cfg.clip_eps, value_coef=cfg.value_coef,
-                       entropy_coef=cfg.entropy_coef, use_vtrace=cfg.use_vtrace)
+                       entropy_coef=cfg.entropy_coef, use_vtrace=cfg.use_vtrace, ref_kl_coef=cfg.ref_kl_coef)
   return ppo_update.PPOUpdateConfig(ppo=loss, optimizer=training.OptimizerConfig(learning_rate=lr),
                                     num_epochs=cfg.num_epochs, num_minibatches=cfg.num_minibatches)
 
@@ -88,10 +88,18 @@ def host(tree: Any) -> Any:
   return distributed.host_copy(tree)
 
 
+@functools.lru_cache(maxsize=8)
+def _reference_logits(pn: policy_net.PolicyNet) -> Callable:
+  """jitted (reference params, Trajectory obs (T + 1, ...)) -> the reference policy's logits at s_0 .. s_{T-1}."""
+  return jax.jit(lambda params, obs: jax.lax.stop_gradient(
+      pn.agent.apply(params, jax.tree.map(lambda x: x[:-1], obs))[0]))
+
+
 @dataclasses.dataclass(frozen=True)
 class LearnerAlgo:
   """Attributes: algo ("ppo" | "bc"), policy (PolicyNet), update (state, batch) -> (state, metrics) jitted,
-  to_batch (arrays -> update batch), optimizer (training.OptimizerConfig), seed, mesh (None on one device)."""
+  to_batch (arrays -> update batch), optimizer (training.OptimizerConfig), seed, mesh (None on one device),
+  reference (frozen params whose logits each PPO batch carries for PPOConfig.ref_kl_coef > 0; None: off)."""
 
   algo: str
   policy: policy_net.PolicyNet
@@ -100,6 +108,7 @@ class LearnerAlgo:
   optimizer: training.OptimizerConfig
   seed: int
   mesh: Any = None
+  reference: Any = None
 
   def init_state(self) -> training.TrainingState:
     state = training.init_training_state(self.policy.init_params(), training.make_optimizer(self.optimizer),
@@ -113,6 +122,8 @@ class LearnerAlgo:
   def prepare(self, arrays: Arrays) -> Any:
     """The update's batch, split over the mesh's devices on its B axis when there is a mesh."""
     batch = self.to_batch(arrays)
+    if self.reference is not None:  # one batched forward pass of the frozen reference policy
+      batch = batch.replace(ref_logits=_reference_logits(self.policy)(self.reference, batch.obs))
     if self.mesh is None:
       return batch
     if jax.process_count() > 1:  # each process holds its own replay's rows: together they form the global batch

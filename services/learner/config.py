@@ -32,6 +32,12 @@ class LearnerConfig:
       [DRIVELAB_LEARNER_CHECKPOINT_EVERY].
     keep_checkpoints: newest checkpoints kept.
     resume: start from the newest checkpoint when there is one.
+    init_from: a checkpoint folder (holding ckpt_* entries, e.g. a BC run's run_dir/checkpoints/bc) or a run_dir
+      with checkpoints/bc: its newest checkpoint's params start this learner (fine-tuning: version 0 is those
+      params; step, optimizer moments and PRNG start anew). A resume from this learner's own checkpoints wins
+      [DRIVELAB_LEARNER_INIT_FROM].
+    ref_kl_coef: PPO only, with init_from: weight of KL(pi_init || pi) in the loss, keeping fine-tuning near the
+      init_from policy (e.g. the BC one) on the states the actors visit (0: off) [DRIVELAB_LEARNER_REF_KL].
     coordinator: HOST:PORT of jax.distributed's coordinator, for several learner replicas averaging gradients
       (each with its own replay table) [DRIVELAB_LEARNER_COORDINATOR].
     num_processes, process_id: learner replicas and this one's index (num_processes > 1 needs a coordinator)
@@ -53,13 +59,16 @@ class LearnerConfig:
   checkpoint_every: int = 50
   keep_checkpoints: int = 3
   resume: bool = True
+  init_from: str = ""
+  ref_kl_coef: float = 0.0
   coordinator: str = ""
   num_processes: int = 1
   process_id: int = 0
 
 
 ENV = {"learning_rate": "DRIVELAB_LEARNER_LR", "checkpoint_every": "DRIVELAB_LEARNER_CHECKPOINT_EVERY",
-       "coordinator": "DRIVELAB_LEARNER_COORDINATOR", "num_processes": "DRIVELAB_LEARNER_NUM_PROCESSES",
+       "coordinator": "DRIVELAB_LEARNER_COORDINATOR", "init_from": "DRIVELAB_LEARNER_INIT_FROM",
+       "ref_kl_coef": "DRIVELAB_LEARNER_REF_KL", "num_processes": "DRIVELAB_LEARNER_NUM_PROCESSES",
        "process_id": "DRIVELAB_LEARNER_PROCESS_ID"}
 
 
@@ -72,6 +81,8 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
   cfg, common = runtime.load_service_config("learner", LearnerConfig, ENV, argv, os.environ if env is None else env)
   if common.algo not in ALGOS:
     raise SystemExit(f"learner: --algo must be one of {ALGOS}, got {common.algo!r}")
+  if cfg.ref_kl_coef < 0 or (cfg.ref_kl_coef > 0 and (common.algo != "ppo" or not cfg.init_from)):
+    raise SystemExit("learner: --ref-kl-coef is a weight >= 0 for --algo ppo and needs --init-from (the reference)")
   if cfg.num_processes > 1 and not cfg.coordinator:
     raise SystemExit("learner: --num-processes > 1 needs --coordinator HOST:PORT")
   if not 0 <= cfg.process_id < max(cfg.num_processes, 1):

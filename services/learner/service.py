@@ -11,6 +11,10 @@ what a subscriber missed while joining; the newest version wins). Checkpoints (s
 restore_latest) hold {"train": TrainingState} under run_dir/checkpoints/<algo>, every `checkpoint_every` updates
 and at shutdown; a restart resumes from the newest with the same version, params, optimizer moments, step and PRNG
 key. run_dir/policy.json says how to rebuild the network (what `drivelab eval` reads).
+Fine-tuning: `--init-from DIR` (a BC run's checkpoints/bc, or its run_dir) starts from that checkpoint's params,
+which are then version 0 (published at start; actors that act before receiving them use PolicyNet.init_flat, and
+V-trace corrects for the mismatch like any lag); `--ref-kl-coef C` (PPO) adds C * KL(pi_init || pi) to the loss,
+the reference logits computed per batch by one forward pass of the frozen init params (as the fused path does).
 Scale-out: `--num-processes N --process-id I --coordinator HOST:PORT` joins N learners (each with its own replay)
 through jax.distributed; the update then averages gradients over every process's devices.
 Metrics: drivelab_learner_loss{name}, params_version, params_version_lag, drivelab_learner_updates_total,
@@ -29,6 +33,7 @@ import time
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 import prometheus_client
 
 from services.common import policy_net, runtime
@@ -68,9 +73,36 @@ class Learner:
     self.version, self.samples, self.seq, self._last_publish = 0, 0, 0, 0.0
     self.published: dict | None = None  # the flat params last published (host numpy)
     self._metrics()
+    if cfg.init_from:
+      init = self._init_params(cfg.init_from)
+      self.state = self.algo.place(self.state.replace(params=init))
+      if cfg.ref_kl_coef > 0:  # the frozen reference of the KL term: the params fine-tuning starts from
+        self.algo = dataclasses.replace(self.algo, reference=jax.tree.map(jax.numpy.asarray, init))
+    elif cfg.ref_kl_coef > 0:
+      raise SystemExit("learner: ref_kl_coef > 0 needs init_from (the reference policy's checkpoint)")
     if cfg.resume:
       self._resume()
     self._write_policy_json()
+
+  def _init_params(self, where: str) -> Any:
+    """The params of the newest checkpoint in `where` (a checkpoint folder, or a run_dir with checkpoints/bc),
+    checked against this learner's network; SystemExit with one line when there is none or it does not fit."""
+    folder = where if checkpoint.list_checkpoints(where) else os.path.join(where, "checkpoints", "bc")
+    found = checkpoint.list_checkpoints(folder)
+    if not found:
+      raise SystemExit(f"learner: init_from {where!r} holds no checkpoint (nor checkpoints/bc)")
+    raw, version, _ = checkpoint.read_raw(found[-1][1])
+    mine = algo_lib.host(self.state.params)
+    try:
+      params = jax.tree.map(lambda a, b: np.asarray(b, dtype=a.dtype), mine, raw["train"]["params"])
+      fits = all(a.shape == b.shape for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(params)))
+    except (KeyError, TypeError, ValueError):
+      fits = False
+    if not fits:
+      raise SystemExit(f"learner: init_from {found[-1][1]} does not fit this network ({self.rt.common.net}, "
+                       f"{self.rt.common.preset})")
+    log.info("event=init_from dir=%s version=%d ref_kl_coef=%g", found[-1][1], version, self.cfg.ref_kl_coef)
+    return params
 
   def _metrics(self) -> None:
     r = self.rt.registry

@@ -20,7 +20,7 @@ from services.learner import checkpoint
 from services.learner import config as config_lib
 from services.learner import service as learner_service
 from services.simulator import engine as engine_lib
-from shared.nets import inputs
+from shared.nets import heads, inputs
 from shared.scenes import synthetic, types
 from shared.sim import env
 from shared.wire import schemas
@@ -172,3 +172,75 @@ def test_learner_killed_mid_run_resumes_with_the_same_version_and_identical_para
   assert (meta["net"], meta["preset"], meta["algo"], meta["num_features"]) == ("mlp", "tiny", "ppo", 505)
   for lrn in (first, second):
     lrn.rt.ctx.term()
+
+
+def _bc_checkpoint(pn, run_dir, scale=0.05):
+  """A BC run's checkpoint (run_dir/checkpoints/bc) whose params differ from version 0; returns those params."""
+  la = algo_lib.make(pn, "bc", config_lib.LearnerConfig())
+  state = la.init_state()
+  noise = jax.tree.map(lambda x: scale * np.random.default_rng(x.size).normal(size=x.shape).astype(x.dtype),
+                       jax.device_get(state.params))
+  state = state.replace(params=jax.tree.map(lambda a, b: a + b, state.params, noise))
+  checkpoint.save(run_dir / "checkpoints" / "bc", algo_lib.host({"train": state}), 7)
+  return jax.device_get(state.params)
+
+
+def test_init_from_starts_from_the_bc_checkpoint_and_carries_its_logits(pn, tmp_path):
+  bc_params = _bc_checkpoint(pn, tmp_path / "bc")
+  cfg = dataclasses.replace(CFG, init_from=str(tmp_path / "bc"), ref_kl_coef=0.5)
+  lrn, _ = _learner(pn, tmp_path / "ppo", cfg)
+  assert lrn.version == 0  # a fresh run from those params, not a resume of the BC run
+  got = lrn.params_flat()
+  for k, v in policy_net.to_flat(bc_params).items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+  # the checkpoint folder itself works too
+  again, _ = _learner(pn, tmp_path / "ppo2", dataclasses.replace(cfg, init_from=str(tmp_path / "bc/checkpoints/bc")))
+  np.testing.assert_array_equal(again.params_flat()[k], got[k])
+  # each batch carries the frozen reference's logits at s_0 .. s_{T-1}
+  arrays = _bandit_batch(pn, pn.init_flat(), jax.random.PRNGKey(0))
+  batch = lrn.algo.prepare(arrays)
+  want = pn.agent.apply(bc_params, jax.tree.map(lambda x: x[:T], batch.obs))[0]
+  assert len(batch.ref_logits) == len(want)
+  for a, b in zip(batch.ref_logits, want):
+    assert a.shape == (T, B, b.shape[-1])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert algo_lib.make(pn, "ppo", CFG).prepare(arrays).ref_logits is None  # no reference: no logits
+  for lrn_ in (lrn, again):
+    lrn_.rt.ctx.term()
+
+
+def test_init_from_errors_are_one_line(pn, tmp_path):
+  with pytest.raises(SystemExit, match="holds no checkpoint"):
+    _learner(pn, tmp_path / "a", dataclasses.replace(CFG, init_from=str(tmp_path / "nothing")))
+  _bc_checkpoint(policy_net.build("mlp", "small"), tmp_path / "big")  # another network's checkpoint
+  with pytest.raises(SystemExit, match="does not fit this network"):
+    _learner(pn, tmp_path / "b", dataclasses.replace(CFG, init_from=str(tmp_path / "big")))
+  with pytest.raises(SystemExit, match="needs init_from"):
+    _learner(pn, tmp_path / "c", dataclasses.replace(CFG, ref_kl_coef=0.5))
+  with pytest.raises(SystemExit, match="needs --init-from"):
+    config_lib.load(["--ref-kl-coef", "0.5"], env={})
+  cfg, _ = config_lib.load(["--init-from", "x", "--ref-kl-coef", "0.5"], env={})
+  assert (cfg.init_from, cfg.ref_kl_coef) == ("x", 0.5)
+  assert config_lib.load([], env={"DRIVELAB_LEARNER_REF_KL": "0.2", "DRIVELAB_LEARNER_INIT_FROM": "y"})[0].ref_kl_coef \
+      == 0.2
+
+
+@pytest.mark.slow  # compiles the PPO update twice (with and without the KL term)
+def test_ref_kl_keeps_the_fine_tuned_policy_near_its_init(pn, tmp_path):
+  bc_params = _bc_checkpoint(pn, tmp_path / "bc")
+  msgs = [schemas.make("ReplayBatch", "replay", i, arrays=_bandit_batch(pn, pn.init_flat(), jax.random.PRNGKey(i)),
+                       table="trajectories", params_version=0) for i in range(6)]
+  kls = {}
+  for coef in (0.0, 10.0):
+    cfg = dataclasses.replace(CFG, init_from=str(tmp_path / "bc"), ref_kl_coef=coef, checkpoint_every=0)
+    lrn, _ = _learner(pn, tmp_path / f"ppo{coef}", cfg)
+    for msg in msgs:
+      metrics = lrn.learn(msg)
+    assert ("ref_kl" in metrics) == (coef > 0)
+    obs = lrn.algo.to_batch(msgs[0].arrays).obs
+    logits = pn.agent.apply(lrn.state.params, obs)[0]
+    ref = pn.agent.apply(bc_params, obs)[0]
+    kls[coef] = float(jnp.mean(heads.kl_divergence(ref, logits)))
+    lrn.rt.ctx.term()
+  assert kls[0.0] > 1e-3, kls  # PPO alone moves the policy away from its init
+  assert kls[10.0] < 0.25 * kls[0.0], kls

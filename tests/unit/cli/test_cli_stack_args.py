@@ -1,0 +1,29 @@
+"""`drivelab up`'s fine-tuning flags become the learner's env settings; bad combinations exit 2."""
+
+import argparse
+
+import pytest
+
+from services.cli import stack_cmd
+
+
+def _parse(*argv):
+  p = argparse.ArgumentParser()
+  stack_cmd.register(p.add_subparsers())
+  return p.parse_args(["up", *argv])
+
+
+def test_init_from_and_ref_kl_reach_the_learner_env(tmp_path):
+  env = dict(stack_cmd.learner_env(_parse("--init-from", str(tmp_path), "--ref-kl", "0.2")))
+  assert env == {"DRIVELAB_LEARNER_INIT_FROM": str(tmp_path), "DRIVELAB_LEARNER_REF_KL": "0.2"}
+  assert stack_cmd.learner_env(_parse()) == ()
+  assert _parse("--algo", "bc").algo == "bc"
+
+
+@pytest.mark.parametrize("argv", [("--ref-kl", "0.2"), ("--ref-kl", "-1", "--init-from", "x"),
+                                  ("--algo", "bc", "--init-from", "x", "--ref-kl", "0.2")])
+def test_bad_fine_tuning_flags_exit_2(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    stack_cmd.learner_env(_parse(*argv))
+  assert e.value.code == 2
+  assert "--ref-kl" in capsys.readouterr().err
