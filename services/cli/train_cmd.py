@@ -10,7 +10,9 @@ latest held-out evaluation, and writes into --run-dir:
   policy.json                    how to rebuild the agent (net, preset, grid, agents) for `load_policy`
   evaluations/, report/          greedy evaluation (done signals off) of the final params and the log, and the report
 A rerun with the same --run-dir resumes from the newest checkpoint (same scenes and flags: exactly where it stopped).
-The service-stack path is `drivelab up` (the learner service calls the same update steps).
+`--stack` runs each phase with the service stack instead (services/cli/train_stack.py: the processes `drivelab up`
+starts, the learner calling the same update steps; BC then PPO fine-tuned from the BC checkpoint), then the same
+evaluation and report.
 Exit codes: 0 ok, 2 bad arguments.
 """
 
@@ -61,6 +63,9 @@ def register(subparsers) -> None:
   p.add_argument("--held-out-fraction", type=float, default=0.2)
   p.add_argument("--no-eval", action="store_true", help="skip the final evaluation and report")
   p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--stack", action="store_true",
+                 help="train with the service stack (as `drivelab up` runs it) instead of the fused single process")
+  p.add_argument("--simulators", type=int, default=2, help="--stack: simulator replicas")
   scenes_io.add_caps_arguments(p)
   p.set_defaults(func=cmd_train, max_objects=32, max_road_points=3000)
 
@@ -166,6 +171,10 @@ def cmd_train(args: argparse.Namespace) -> int:
       raise ValueError("--pretrain bc goes with --algo ppo")
     if args.ref_kl < 0 or (args.ref_kl > 0 and not args.pretrain):
       raise ValueError("--ref-kl is a weight >= 0 and needs --pretrain bc (the BC policy is the reference)")
+    if args.stack:
+      from services.cli import train_stack
+
+      train_stack.check_args(args)
     scenarios, metas, source = load_scenes(args.scenes, args.num, args.seed, scene_cfg)
   except ValueError as e:
     console.print(f"drivelab train: {e}")
@@ -175,6 +184,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 2
   from shared import evaluation
 
+  if args.stack:
+    return _train_with_stack(args, console, scenarios, metas, source, env_cfg, scene_cfg)
   train_idx, held = evaluation.split_scenes(metas, args.held_out_fraction, args.seed)
   train_scenes, held_scenes = [scenarios[i] for i in train_idx], [scenarios[i] for i in held]
   os.makedirs(args.run_dir, exist_ok=True)
@@ -208,6 +219,39 @@ def cmd_train(args: argparse.Namespace) -> int:
       console.print(f"report: {paths['html']}")
     except Exception as e:  # noqa: BLE001  the report is a convenience; training results are already written
       console.print(f"report failed: {e!r}")
+  return 0
+
+
+def _train_with_stack(args, console, scenarios, metas, source, env_cfg, scene_cfg) -> int:
+  """`--stack`: each phase by the service stack (services/cli/train_stack.py), then the same evaluation and report.
+  The stack's scene loader feeds every scene to training, so the report has no held-out split."""
+  from services.cli import eval_cmd, train_stack
+
+  os.makedirs(args.run_dir, exist_ok=True)
+  console.print(f"training {args.algo}{' after BC' if args.pretrain else ''} with the service stack on "
+                f"{len(scenarios)} scenes (all of them: the stack has no held-out split), run dir {args.run_dir}")
+  t0 = time.perf_counter()
+  phases = ([("bc", args.pretrain_steps or args.steps)] if args.pretrain else []) + [(args.algo, args.steps)]
+  for algo, steps in phases:
+    done = train_stack.run_phase(args, algo, steps, console, not args.no_progress)
+    console.print(f"{algo}: {done:,} agent steps learned from, {time.perf_counter() - t0:.0f} s")
+  if args.no_eval:
+    return 0
+  try:
+    agent, params, _ = load_policy(args.run_dir)
+  except FileNotFoundError as e:
+    console.print(f"drivelab train: {e}")
+    return 1
+  record = evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, args.run_dir,
+                               dict(source, agents=args.agents, trained_by="stack"), 0.0, args.seed,
+                               f"{args.algo}{'+bc' if args.pretrain else ''}")
+  eval_cmd.print_summary(console, record, "final policy, greedy, done signals off")
+  try:
+    from services.evaluator import report
+
+    console.print(f"report: {report.build_report(args.run_dir)['html']}")
+  except Exception as e:  # noqa: BLE001  the report is a convenience; training results are already written
+    console.print(f"report failed: {e!r}")
   return 0
 
 

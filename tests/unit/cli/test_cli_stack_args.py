@@ -27,3 +27,16 @@ def test_bad_fine_tuning_flags_exit_2(argv, capsys):
     stack_cmd.learner_env(_parse(*argv))
   assert e.value.code == 2
   assert "--ref-kl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [("--bc-dagger", "0.3"), ("--agents", "moving"), ("--num", "8"),
+                                   ("--scenes-per-iter", "8")])
+def test_train_stack_refuses_fused_only_flags(extra, capsys):
+  from services.cli import train_cmd
+
+  p = argparse.ArgumentParser()
+  train_cmd.register(p.add_subparsers())
+  args = p.parse_args(["train", "--stack", "--no-progress", *extra])
+  assert train_cmd.cmd_train(args) == 2
+  out = capsys.readouterr().out
+  assert "stack" in out and extra[0] in out.replace("\n", "")
