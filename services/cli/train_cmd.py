@@ -233,7 +233,11 @@ def _train_with_stack(args, console, scenarios, metas, source, env_cfg, scene_cf
   t0 = time.perf_counter()
   phases = ([("bc", args.pretrain_steps or args.steps)] if args.pretrain else []) + [(args.algo, args.steps)]
   for algo, steps in phases:
-    done = train_stack.run_phase(args, algo, steps, console, not args.no_progress)
+    try:
+      done = train_stack.run_phase(args, algo, steps, console, not args.no_progress)
+    except RuntimeError as e:
+      console.print(f"drivelab train: {e}")
+      return 1
     console.print(f"{algo}: {done:,} agent steps learned from, {time.perf_counter() - t0:.0f} s")
   if args.no_eval:
     return 0

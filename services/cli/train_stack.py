@@ -28,6 +28,7 @@ UPDATES = "drivelab_learner_updates_total"
 AGENT_STEPS = "drivelab_agent_steps_total"
 EVAL = "drivelab_eval_metric"
 CONTROL = {"all": "all", "sdc": "sdc"}  # --agents -> the simulators' control mode
+MAX_RESTARTS = 3  # a process that exits this often is not coming up: the phase stops instead of waiting forever
 # fused-only flags and their defaults: a changed one is refused in --stack mode rather than silently ignored
 FUSED_ONLY = {"scenes_per_iter": 4, "bc_dagger": 0.0, "epochs": 4, "minibatches": 4, "at_goal": "stop"}
 
@@ -96,7 +97,8 @@ def _learned_before(run_dir: str, algo: str) -> int:
 
 
 def run_phase(args: argparse.Namespace, algo: str, steps: int, console, show_progress: bool = True) -> int:
-  """Runs the stack for one phase; returns the agent steps the learner has learned from in this phase."""
+  """Runs the stack for one phase; returns the agent steps the learner has learned from in this phase.
+  RuntimeError (one line) when a process keeps exiting or the phase ends without a single update."""
   from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
   from services.stack import supervisor
@@ -140,6 +142,10 @@ def run_phase(args: argparse.Namespace, algo: str, steps: int, console, show_pro
         if done >= steps:
           why = ""
           break
+        failing = [c.name for c in sup.children if c.given_up or c.restarts >= MAX_RESTARTS]
+        if failing:
+          why = f"{', '.join(failing)} kept exiting (see {args.run_dir}/logs/{failing[0]}.log)"
+          break
         if args.max_seconds is not None and elapsed >= args.max_seconds:
           why = f"--max-seconds {args.max_seconds:g} reached"
           break
@@ -149,6 +155,8 @@ def run_phase(args: argparse.Namespace, algo: str, steps: int, console, show_pro
     out.close()
   if why:
     console.print(f"{algo}: {why} after {done:,} of {steps:,} agent steps; logs in {args.run_dir}/logs")
+  if "kept exiting" in why or (done == base and why):
+    raise RuntimeError(f"{algo} phase failed: {why}")
   return max(done, _learned_before(args.run_dir, algo))
 
 

@@ -47,3 +47,16 @@ def test_train_stack_bc_then_ppo_from_the_bc_checkpoint(tmp_path):
   again = _train(run)  # resumes: nothing left to train
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
   assert again.stdout.count("skipped") == 2, again.stdout[-2000:]
+
+
+@pytest.mark.slow  # starts the stack's processes (~20 s)
+def test_train_stack_stops_when_a_service_keeps_exiting(tmp_path):
+  run = tmp_path / "run"
+  cmd = [sys.executable, "-m", "services.cli.main", "train", "--stack", "--steps", "1000", "--simulators", "1",
+         "--preset", "tiny", "--no-progress", "--run-dir", str(run)]
+  # a learner setting that makes the learner exit at start (KL to a reference it was not given)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", COLUMNS="200", DRIVELAB_LEARNER_REF_KL="0.5")
+  res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+  assert "learner-0 kept exiting" in res.stdout
+  assert "needs --init-from" in (run / "logs" / "learner-0.log").read_text()
