@@ -9,6 +9,9 @@
    stop-line violations), on the training and the held-out scenes, trained and scored as paper 002 does (no goal
    done signal, paper 002's rewards for fine-tuning with a KL term to the BC policy, the checkpoint with the lowest
    failure rate kept; see `real_part`), and also scored with the goal ending the episode.
+`--seeds N` repeats the real parts with training seeds seed .. seed + N - 1 on the split of --seed and records every
+seed's figures and their spread under "real_seeds" (and a panel of the plot): closed-loop failure rates on a few
+scenes vary a lot from one training run to the next, so one run is one draw.
 `--quick` shortens everything for a 2-core machine (synthetic logs of 41 steps, small scene sets, time budgets):
 its numbers say that learning works and how fast, not what the full configuration reaches.
 """
@@ -35,6 +38,10 @@ def register(subparsers) -> None:
   p.add_argument("--out-dir", default=RESULTS_DIR)
   p.add_argument("--real-dir", default=os.path.normpath(REAL_DIR))
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seeds", type=int, default=1,
+                 help="real scenes: train BC and BC + PPO with this many seeds (seed, seed + 1, ...) on the split of "
+                      "--seed and report each seed's Table 2 figures and their spread (one run is one draw: "
+                      "closed-loop failure rates on a few scenes vary a lot between training seeds)")
   p.add_argument("--goal-target", type=float, default=0.95)
   p.add_argument("--max-failure", type=float, default=0.03, help="largest collision + off-road rate at the target")
   p.add_argument("--skip-real", action="store_true")
@@ -156,7 +163,7 @@ def synthetic_part(s: dict, seed: int, goal_target: float, max_failure: float) -
           "reached": reached or None, "held_out_evals": evals, "curve": curve}
 
 
-def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
+def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed: int | None = None) -> dict:
   """BC vs BC + PPO on the real scenes, as paper 002's Table 2, with `agents` controlled: "sdc" (the logged
   self-driving car), "moving" (every valid vehicle that moves in the log, up to the recipe's `max_objects` objects
   per scene; parked vehicles follow their log like every other object) or "all" (every valid vehicle): trained and
@@ -170,7 +177,8 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
   every controlled vehicle under "all_vehicles". Parked vehicles are left out because the log itself fails most of
   them: measured on these scenes (benchmarks/results/replay), 62% of parked vehicles stand with a corner past a road
   edge (kerbside, lots), 0% of moving ones, so their rate says nothing about driving; `bench learn` leaves them on
-  their log ("moving"), where a policy cannot drive them into the moving ones either."""
+  their log ("moving"), where a policy cannot drive them into the moving ones either.
+  `split_seed` (default `seed`) picks the train / held-out split, so several training seeds can share one split."""
   import dataclasses as dc
 
   import jax
@@ -182,7 +190,7 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
 
   caps = types.SceneConfig(max_objects=s["max_objects"], max_road_points=3000)
   scenes, metas, _ = train_cmd.load_scenes(real_dir, None, seed, caps)
-  train_idx, held = evaluation.split_scenes(metas, 0.2, seed)
+  train_idx, held = evaluation.split_scenes(metas, 0.2, seed if split_seed is None else split_seed)
   train_scenes, held_scenes = [scenes[i] for i in train_idx], [scenes[i] for i in held]
   agent = _agent(s)
   env_cfg = train_cmd.train_env_config(agents, "drive-on")
@@ -248,8 +256,48 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc") -> dict:
       row[key] = headline(train_cmd.summary_rows(res["per_agent"], ("all", scored)))
     rows[name] = row
   return {"scenes": {"train": len(train_idx), "held_out": len(held), "dir": os.path.abspath(real_dir)},
-          "agents": agents, "scored_vehicles": scored, "at_goal": "drive-on", "net": s["net"], "table2": rows,
-          "curve": curve}
+          "seed": seed, "split_seed": seed if split_seed is None else split_seed, "agents": agents,
+          "scored_vehicles": scored, "at_goal": "drive-on", "net": s["net"], "table2": rows, "curve": curve}
+
+
+SPREAD_ROWS = ("bc", "bc+ppo", "bc+ppo_selected")
+
+
+def seed_spread(runs: dict[str, list[dict]]) -> dict:
+  """{part: {"seeds": [...], row: {split: {"failure": [per seed], "progress_ratio": [...], "mean_failure",
+  "min_failure", "max_failure", "mean_progress_ratio"}}}} over the real_part results of several training seeds."""
+  out = {}
+  for key, parts in runs.items():
+    part = {"seeds": [r["seed"] for r in parts], "split_seed": parts[0]["split_seed"]}
+    for row in SPREAD_ROWS:
+      part[row] = {}
+      for split in ("train", "held_out"):
+        fail = [r["table2"][row][split]["failure"] for r in parts]
+        prog = [r["table2"][row][split]["progress_ratio"] for r in parts]
+        part[row][split] = {"failure": fail, "progress_ratio": prog, "mean_failure": sum(fail) / len(fail),
+                            "min_failure": min(fail), "max_failure": max(fail),
+                            "mean_progress_ratio": sum(prog) / len(prog)}
+    out[key] = part
+  return out
+
+
+def _plot_spread(ax, spread: dict) -> None:
+  """Training-scene failure rate per training seed (dots) and their mean (bar) for each part and row."""
+  labels, x = [], 0
+  for key, name in (("real", "SDC"), ("real_multi", "moving")):
+    part = spread.get(key)
+    if not part:
+      continue
+    for row in SPREAD_ROWS:
+      fail = part[row]["train"]["failure"]
+      ax.bar(x, sum(fail) / len(fail), color="C0" if key == "real" else "C1", alpha=0.35)
+      ax.plot([x] * len(fail), fail, "k.", ms=8)
+      labels.append(f"{name}\n{row.replace('bc+ppo_selected', 'selected')}")
+      x += 1
+  ax.set_xticks(range(len(labels)), labels, fontsize=8)
+  seeds = next(iter(spread.values()))["seeds"]
+  ax.set(title=f"training-scene failure over training seeds {seeds} (dots; bar: mean)", ylabel="failure rate",
+         ylim=(0, 1))
 
 
 def _plot_real(ax, real: dict) -> None:
@@ -277,7 +325,8 @@ def plot(result: dict, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+  spread = result.get("real_seeds")
+  fig, axes = plt.subplots(1, 4 if spread else 3, figsize=(24 if spread else 18, 4.5))
   syn = result.get("synthetic")
   if syn:
     ax = axes[0]
@@ -292,6 +341,8 @@ def plot(result: dict, path: str) -> None:
   for ax, key in ((axes[1], "real"), (axes[2], "real_multi")):
     if result.get(key):
       _plot_real(ax, result[key])
+  if spread:
+    _plot_spread(axes[3], spread)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -301,7 +352,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
   s = settings(args.quick)
   t0 = time.perf_counter()
   result = {"benchmark": "learn", "quick": args.quick, "settings": s, "machine": platform.platform(),
-            "cpu_count": os.cpu_count(), "command": "drivelab bench learn" + (" --quick" if args.quick else ""),
+            "cpu_count": os.cpu_count(), "command": "drivelab bench learn" + (" --quick" if args.quick else "") + (
+                f" --seeds {args.seeds}" if args.seeds > 1 else ""),
             "provenance": dict(provenance.machine(), commit=provenance.git_commit(), utc=provenance.utc_now())}
   os.makedirs(args.out_dir, exist_ok=True)
 
@@ -318,6 +370,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
     for key, agents in (("real", "sdc"), ("real_multi", "moving")):
       result[key] = real_part(s, args.seed, args.real_dir, agents)
       write()
+    if args.seeds > 1:  # more training seeds on the same split: the spread of every Table 2 figure
+      runs = {key: [result[key]] for key in ("real", "real_multi")}
+      for seed in range(args.seed + 1, args.seed + args.seeds):
+        for key, agents in (("real", "sdc"), ("real_multi", "moving")):
+          runs[key].append(real_part(s, seed, args.real_dir, agents, split_seed=args.seed))
+          result["real_seeds"] = seed_spread(runs)
+          write()
   print(json.dumps({k: v for k, v in result.items() if k not in ("synthetic", "real", "real_multi")}, indent=1))
   return 0
 

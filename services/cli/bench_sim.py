@@ -7,8 +7,8 @@ jit with random grid actions that depend on the observation (through a sum that 
 drop the observation as dead code.
 Scenes: the real ones in a folder (tiled to fill the batch) and/or synthetic ones. Every batch size is timed on the
 largest batch's scenes (batch b as largest / b batches in turn, same steps each) and reports the means (ms per
-step, controlled agents), so per-agent-step costs compare like with like across batch sizes. Agents: the controlled set is
-chosen once for the largest count and cut down per case, so every case shares one compiled program (observations
+step, controlled agents), so per-agent-step costs compare like with like across batch sizes. Agents: the controlled
+set is chosen once for the largest count and cut down per case, so every case shares one compiled program (observations
 and metrics are computed for max_controlled rows: the cost does not depend on how many are controlled,
 agent-steps/s does).
 Components (each alone, in a scan of the same length, batch 1 and the smallest batch > 1): dynamics, observations

@@ -37,3 +37,28 @@ def test_plot_has_a_panel_per_real_part(tmp_path, monkeypatch):
   assert list(progress.get_ydata()) == [0.6, 1.0]  # clipped at 1.5, then / 1.5
   kl = next(line for line in multi.get_lines() if line.get_label().startswith("ppo: KL to BC"))
   assert list(kl.get_ydata()) == [0.0, 0.01, 0.02, 0.03, 0.04]
+
+
+def _run(seed: int, fail: float) -> dict:
+  row = lambda f: {"train": {"failure": f, "progress_ratio": 1.0 + f},
+                   "held_out": {"failure": 1.0, "progress_ratio": 2.0}}
+  return {"seed": seed, "split_seed": 0,
+          "table2": {"bc": row(fail), "bc+ppo": row(fail / 2), "bc+ppo_selected": row(0.0)}}
+
+
+def test_seed_spread_and_its_panel(tmp_path, monkeypatch):
+  spread = bench_learn.seed_spread({"real": [_run(0, 0.25), _run(1, 0.5)], "real_multi": [_run(0, 0.1), _run(1, 0.3)]})
+  bc = spread["real"]["bc"]["train"]
+  assert spread["real"]["seeds"] == [0, 1] and spread["real"]["split_seed"] == 0
+  assert bc["failure"] == [0.25, 0.5] and bc["mean_failure"] == 0.375
+  assert (bc["min_failure"], bc["max_failure"]) == (0.25, 0.5) and bc["mean_progress_ratio"] == 1.375
+  assert spread["real_multi"]["bc+ppo"]["train"]["failure"] == [0.05, 0.15]
+  assert spread["real_multi"]["bc"]["held_out"]["mean_failure"] == 1.0
+  saved = []
+  monkeypatch.setattr(plt.Figure, "savefig", lambda self, path, **kw: saved.append(self))
+  bench_learn.plot({"real": _real("sdc"), "real_multi": _real("moving"), "real_seeds": spread}, str(tmp_path / "x"))
+  ax = saved[0].axes[3]
+  assert ax.get_title().startswith("training-scene failure over training seeds [0, 1]")
+  dots = [list(line.get_ydata()) for line in ax.get_lines()]
+  assert dots[0] == [0.25, 0.5] and dots[3] == [0.1, 0.3]  # SDC bc, moving bc
+  assert [round(p.get_height(), 3) for p in ax.patches][:3] == [0.375, 0.188, 0.0]
