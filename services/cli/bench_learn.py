@@ -296,7 +296,7 @@ def _plot_spread(ax, spread: dict) -> None:
       x += 1
   ax.set_xticks(range(len(labels)), labels, fontsize=8)
   seeds = next(iter(spread.values()))["seeds"]
-  ax.set(title=f"training-scene failure over training seeds {seeds} (dots; bar: mean)", ylabel="failure rate",
+  ax.set(title=f"training-scene failure, seeds {seeds}", ylabel="failure rate (dots: seeds; bars: mean)",
          ylim=(0, 1))
 
 

@@ -58,7 +58,7 @@ def test_seed_spread_and_its_panel(tmp_path, monkeypatch):
   monkeypatch.setattr(plt.Figure, "savefig", lambda self, path, **kw: saved.append(self))
   bench_learn.plot({"real": _real("sdc"), "real_multi": _real("moving"), "real_seeds": spread}, str(tmp_path / "x"))
   ax = saved[0].axes[3]
-  assert ax.get_title().startswith("training-scene failure over training seeds [0, 1]")
+  assert ax.get_title() == "training-scene failure, seeds [0, 1]"
   dots = [list(line.get_ydata()) for line in ax.get_lines()]
   assert dots[0] == [0.25, 0.5] and dots[3] == [0.1, 0.3]  # SDC bc, moving bc
   assert [round(p.get_height(), 3) for p in ax.patches][:3] == [0.375, 0.188, 0.0]
