@@ -27,7 +27,7 @@ SAMPLES = "drivelab_learner_samples_total"
 UPDATES = "drivelab_learner_updates_total"
 AGENT_STEPS = "drivelab_agent_steps_total"
 EVAL = "drivelab_eval_metric"
-CONTROL = {"all": "all", "sdc": "sdc"}  # --agents -> the simulators' control mode
+CONTROL = ("all", "sdc", "moving")  # --agents values the stack's simulators and evaluator take as control modes
 MAX_RESTARTS = 3  # a process that exits this often is not coming up: the phase stops instead of waiting forever
 # fused-only flags and their defaults: a changed one is refused in --stack mode rather than silently ignored
 FUSED_ONLY = {"scenes_per_iter": 4, "bc_dagger": 0.0, "epochs": 4, "minibatches": 4, "at_goal": "stop"}
@@ -41,7 +41,7 @@ def check_args(args: argparse.Namespace) -> None:
     flags = ", ".join("--" + k.replace("_", "-") for k in changed)
     raise ValueError(f"{flags}: fused-path settings; with --stack the services' own settings apply (DRIVELAB_* env)")
   if args.agents not in CONTROL:
-    raise ValueError(f"--agents {args.agents}: the stack's simulators control 'all' or 'sdc'")
+    raise ValueError(f"--agents {args.agents}: the stack's simulators control {', '.join(CONTROL)}")
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -74,7 +74,8 @@ def _eval_summary(values: dict[str, float]) -> str:
 
 
 def _phase_env(args: argparse.Namespace, algo: str) -> tuple[tuple[str, str], ...]:
-  env = {"DRIVELAB_SIMULATOR_CONTROL_MODE": CONTROL[args.agents], "DRIVELAB_SCENE_MAX_OBJECTS": str(args.max_objects),
+  env = {"DRIVELAB_SIMULATOR_CONTROL_MODE": args.agents, "DRIVELAB_EVALUATOR_CONTROL_MODE": args.agents,
+         "DRIVELAB_SCENE_MAX_OBJECTS": str(args.max_objects),
          "DRIVELAB_SCENE_MAX_ROAD_POINTS": str(args.max_road_points)}
   if args.lr:
     env["DRIVELAB_LEARNER_LR"] = repr(float(args.lr))

@@ -124,6 +124,14 @@ def merge(cls: type, env_values: dict, args: argparse.Namespace | None, **fixed)
   return cls(**values)
 
 
+def check_control_mode(service: str, mode: str) -> None:
+  """SystemExit (one line) unless `mode` is one of shared.sim.control.CONTROL_MODES."""
+  from shared.sim import control
+
+  if mode not in control.CONTROL_MODES:
+    raise SystemExit(f"{service}: --control-mode must be one of {', '.join(control.CONTROL_MODES)}, got {mode!r}")
+
+
 def service_parser(name: str, config_cls) -> argparse.ArgumentParser:
   """`drivelab serve NAME` flags: the common ones plus every field of the service's config dataclass."""
   p = argparse.ArgumentParser(prog=f"drivelab serve {name}")

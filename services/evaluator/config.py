@@ -16,7 +16,7 @@ class EvaluatorConfig:
     interval_s: seconds between evaluations [DRIVELAB_EVALUATOR_INTERVAL_S].
     split: label of the scenes evaluated (reports and metrics carry it).
     max_controlled: controlled agents per scene.
-    control_mode: "all", "sdc" or "random".
+    control_mode: "all", "sdc", "random" or "moving" (shared.sim.control) [DRIVELAB_EVALUATOR_CONTROL_MODE].
     seed: PRNG seed.
   """
 
@@ -27,7 +27,7 @@ class EvaluatorConfig:
   seed: int = 0
 
 
-ENV = {"interval_s": "DRIVELAB_EVALUATOR_INTERVAL_S"}
+ENV = {"interval_s": "DRIVELAB_EVALUATOR_INTERVAL_S", "control_mode": "DRIVELAB_EVALUATOR_CONTROL_MODE"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,4 +36,7 @@ def parser() -> argparse.ArgumentParser:
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[EvaluatorConfig, runtime.CommonConfig]:
-  return runtime.load_service_config("evaluator", EvaluatorConfig, ENV, argv, os.environ if env is None else env)
+  cfg, common = runtime.load_service_config("evaluator", EvaluatorConfig, ENV, argv,
+                                            os.environ if env is None else env)
+  runtime.check_control_mode("evaluator", cfg.control_mode)
+  return cfg, common

@@ -17,7 +17,7 @@ class SimulatorConfig:
       [DRIVELAB_SIMULATOR_MODE].
     unroll_length: steps per Trajectory message [DRIVELAB_SIMULATOR_UNROLL].
     max_controlled: controlled agents per scene, 1..64 [DRIVELAB_SIMULATOR_MAX_CONTROLLED].
-    control_mode: "all", "sdc" or "random" [DRIVELAB_SIMULATOR_CONTROL_MODE].
+    control_mode: "all", "sdc", "random" or "moving" (shared.sim.control) [DRIVELAB_SIMULATOR_CONTROL_MODE].
     scene_window: scene batches requested ahead of use (credits toward the broker).
     send_timeout_s: how long a Trajectory waits for replay's credit before it is dropped and counted.
     act_timeout_s: inference round-trip timeout (service mode); a timed-out request is retried.
@@ -50,4 +50,5 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
   cfg, common = runtime.load_service_config("simulator", SimulatorConfig, ENV, argv, os.environ if env is None else env)
   if cfg.mode not in ("fused", "service"):
     raise SystemExit(f"simulator: --mode must be fused or service, got {cfg.mode!r}")
+  runtime.check_control_mode("simulator", cfg.control_mode)
   return cfg, common
