@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 from services.cli import provenance
 
@@ -34,22 +33,11 @@ def _cpu_model() -> str:
     return ""
 
 
-def _agent_steps(port: int) -> float:
-  with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-    for line in r.read().decode().splitlines():
-      if line.startswith("drivelab_agent_steps_total "):
-        return float(line.split()[1])
-  return 0.0
-
-
 def _total_steps(ports: list[int]) -> float:
-  total = 0.0
-  for p in ports:
-    try:
-      total += _agent_steps(p)
-    except OSError:
-      pass
-  return total
+  """drivelab_agent_steps_total summed over the processes' /metrics (0 for one not serving)."""
+  from services.stack import supervisor
+
+  return sum(supervisor.scrape_metrics(p, timeout_s=2.0).get("drivelab_agent_steps_total", 0.0) for p in ports)
 
 
 def run_stack(args: argparse.Namespace, run_dir: str) -> dict:

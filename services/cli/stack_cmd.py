@@ -36,12 +36,15 @@ def learner_env(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
   if args.ref_kl < 0 or (args.ref_kl > 0 and (not args.init_from or args.algo == "bc")):
     print("drivelab up: --ref-kl is a weight >= 0 and needs --init-from with PPO", file=sys.stderr)
     raise SystemExit(2)
-  env = []
-  if args.init_from:
-    env.append(("DRIVELAB_LEARNER_INIT_FROM", os.path.abspath(args.init_from)))
-  if args.ref_kl:
-    env.append(("DRIVELAB_LEARNER_REF_KL", repr(float(args.ref_kl))))
-  return tuple(env)
+  return tuple(fine_tune_env(args.init_from, args.ref_kl).items()) if args.init_from else ()
+
+
+def fine_tune_env(init_from: str, ref_kl: float) -> dict[str, str]:
+  """The learner's env settings that start it from `init_from` (a BC run) with KL weight `ref_kl` (0: none)."""
+  env = {"DRIVELAB_LEARNER_INIT_FROM": os.path.abspath(init_from)}
+  if ref_kl:
+    env["DRIVELAB_LEARNER_REF_KL"] = repr(float(ref_kl))
+  return env
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -158,7 +158,6 @@ def load_policy(run_dir: str):
 def cmd_train(args: argparse.Namespace) -> int:
   from rich.console import Console
 
-  from services.cli import eval_cmd
   from shared.algos import ppo
 
   console = Console()
@@ -198,8 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
   console.print(f"training {args.algo}{' after BC' if args.pretrain else ''} on {len(train_scenes)} scenes "
                 f"({len(scenarios) - len(train_scenes)} held out), run dir {args.run_dir}")
   t0, params = time.perf_counter(), None
-  phases = ([("bc", args.pretrain_steps or args.steps)] if args.pretrain else []) + [(args.algo, args.steps)]
-  for algo, steps in phases:
+  for algo, steps in _phases(args):
     kl = algo == "ppo" and args.ref_kl > 0  # the reference is the BC phase's final params
     cfg = fused_config(args, algo, env_cfg, ppo.PPOConfig(ref_kl_coef=args.ref_kl) if kl else None)
     params, done, _ = train_phase(agent, cfg, train_scenes, steps, args.run_dir, args.seed, params,
@@ -208,31 +206,42 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   reference=params if kl else None)
     console.print(f"{algo}: {done:,} agent steps, {time.perf_counter() - t0:.0f} s")
   if not args.no_eval:
-    record = evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, args.run_dir,
-                                 dict(source, agents=args.agents), args.held_out_fraction, args.seed,
-                                 f"{args.algo}{'+bc' if args.pretrain else ''}")
-    eval_cmd.print_summary(console, record, "final policy, greedy, done signals off")
-    try:
-      from services.evaluator import report
-
-      paths = report.build_report(args.run_dir)
-      console.print(f"report: {paths['html']}")
-    except Exception as e:  # noqa: BLE001  the report is a convenience; training results are already written
-      console.print(f"report failed: {e!r}")
+    _final_report(args, console, agent, params, scenarios, metas, env_cfg, scene_cfg, dict(source, agents=args.agents),
+                  args.held_out_fraction)
   return 0
+
+
+def _phases(args) -> list[tuple[str, int]]:
+  """(algorithm, agent steps) of each training phase: BC first with --pretrain bc."""
+  return ([("bc", args.pretrain_steps or args.steps)] if args.pretrain else []) + [(args.algo, args.steps)]
+
+
+def _final_report(args, console, agent, params, scenarios, metas, env_cfg, scene_cfg, source: dict,
+                  held_out_fraction: float) -> None:
+  """Greedy evaluation of the final params (and the log), its summary on the console, and the HTML report."""
+  from services.cli import eval_cmd
+
+  record = evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, args.run_dir, source,
+                               held_out_fraction, args.seed, f"{args.algo}{'+bc' if args.pretrain else ''}")
+  eval_cmd.print_summary(console, record, "final policy, greedy, done signals off")
+  try:
+    from services.evaluator import report
+
+    console.print(f"report: {report.build_report(args.run_dir)['html']}")
+  except Exception as e:  # noqa: BLE001  the report is a convenience; training results are already written
+    console.print(f"report failed: {e!r}")
 
 
 def _train_with_stack(args, console, scenarios, metas, source, env_cfg, scene_cfg) -> int:
   """`--stack`: each phase by the service stack (services/cli/train_stack.py), then the same evaluation and report.
   The stack's scene loader feeds every scene to training, so the report has no held-out split."""
-  from services.cli import eval_cmd, train_stack
+  from services.cli import train_stack
 
   os.makedirs(args.run_dir, exist_ok=True)
   console.print(f"training {args.algo}{' after BC' if args.pretrain else ''} with the service stack on "
                 f"{len(scenarios)} scenes (all of them: the stack has no held-out split), run dir {args.run_dir}")
   t0 = time.perf_counter()
-  phases = ([("bc", args.pretrain_steps or args.steps)] if args.pretrain else []) + [(args.algo, args.steps)]
-  for algo, steps in phases:
+  for algo, steps in _phases(args):
     try:
       done = train_stack.run_phase(args, algo, steps, console, not args.no_progress)
     except RuntimeError as e:
@@ -246,16 +255,8 @@ def _train_with_stack(args, console, scenarios, metas, source, env_cfg, scene_cf
   except FileNotFoundError as e:
     console.print(f"drivelab train: {e}")
     return 1
-  record = evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, args.run_dir,
-                               dict(source, agents=args.agents, trained_by="stack"), 0.0, args.seed,
-                               f"{args.algo}{'+bc' if args.pretrain else ''}")
-  eval_cmd.print_summary(console, record, "final policy, greedy, done signals off")
-  try:
-    from services.evaluator import report
-
-    console.print(f"report: {report.build_report(args.run_dir)['html']}")
-  except Exception as e:  # noqa: BLE001  the report is a convenience; training results are already written
-    console.print(f"report failed: {e!r}")
+  _final_report(args, console, agent, params, scenarios, metas, env_cfg, scene_cfg,
+                dict(source, agents=args.agents, trained_by="stack"), 0.0)
   return 0
 
 

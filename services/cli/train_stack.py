@@ -17,11 +17,9 @@ Flags the stack does not take (its services have their own settings, DRIVELAB_* 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import threading
 import time
-import urllib.request
 
 SAMPLES = "drivelab_learner_samples_total"
 UPDATES = "drivelab_learner_updates_total"
@@ -44,24 +42,6 @@ def check_args(args: argparse.Namespace) -> None:
     raise ValueError(f"--agents {args.agents}: the stack's simulators control {', '.join(CONTROL)}")
 
 
-def scrape(port: int) -> dict[str, float]:
-  """{series with labels: value} of one process's /metrics ({} when it does not answer yet)."""
-  try:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5) as r:
-      text = r.read().decode()
-  except OSError:
-    return {}
-  out = {}
-  for line in text.splitlines():
-    if line and not line.startswith("#"):
-      name, _, value = line.rpartition(" ")
-      try:
-        out[name] = float(value)
-      except ValueError:
-        pass
-  return out
-
-
 def _eval_summary(values: dict[str, float]) -> str:
   """'goal 0.62 coll 0.05 off 0.01' from the evaluator's drivelab_eval_metric{metric, split=".../all"} gauges."""
   short = {"goal_reached": "goal", "collision": "coll", "offroad": "off-road"}
@@ -80,9 +60,9 @@ def _phase_env(args: argparse.Namespace, algo: str) -> tuple[tuple[str, str], ..
   if args.lr:
     env["DRIVELAB_LEARNER_LR"] = repr(float(args.lr))
   if algo == "ppo" and args.pretrain:  # fine-tune the BC phase's policy
-    env["DRIVELAB_LEARNER_INIT_FROM"] = os.path.abspath(os.path.join(args.run_dir, "checkpoints", "bc"))
-    if args.ref_kl > 0:
-      env["DRIVELAB_LEARNER_REF_KL"] = repr(float(args.ref_kl))
+    from services.cli import stack_cmd
+
+    env.update(stack_cmd.fine_tune_env(os.path.join(args.run_dir, "checkpoints", "bc"), args.ref_kl))
   return tuple(env.items())
 
 
@@ -91,10 +71,7 @@ def _learned_before(run_dir: str, algo: str) -> int:
   from services.learner import checkpoint
 
   found = checkpoint.list_checkpoints(os.path.join(run_dir, "checkpoints", algo))
-  if not found:
-    return 0
-  _, _, extra = checkpoint.read_raw(found[-1][1])
-  return int(extra.get("samples", 0))
+  return int(checkpoint.read_extra(found[-1][1]).get("samples", 0)) if found else 0
 
 
 def run_phase(args: argparse.Namespace, algo: str, steps: int, console, show_progress: bool = True) -> int:
@@ -121,7 +98,7 @@ def run_phase(args: argparse.Namespace, algo: str, steps: int, console, show_pro
   learner = next(p for k, p in ports.items() if k.startswith("learner:"))
   sims = [p for k, p in ports.items() if k.startswith("simulator:")]
   evaluator = [p for k, p in ports.items() if k.startswith("evaluator:")]
-  done, t0, why = base, time.monotonic(), "the stack stopped early"
+  done, t0, why, failed = base, time.monotonic(), "the stack stopped early", False
   columns = [TextColumn(f"[bold]{algo} (stack)"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
              TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
   thread.start()
@@ -130,14 +107,14 @@ def run_phase(args: argparse.Namespace, algo: str, steps: int, console, show_pro
       task = bar.add_task(algo, total=steps, completed=base, info="starting the services")
       while thread.is_alive():
         time.sleep(1.0)
-        learned = scrape(learner)
+        learned = supervisor.scrape_metrics(learner)
         done = base + int(learned.get(SAMPLES, 0))
         elapsed = time.monotonic() - t0
-        sim_steps = sum(scrape(p).get(AGENT_STEPS, 0.0) for p in sims)
+        sim_steps = sum(supervisor.scrape_metrics(p).get(AGENT_STEPS, 0.0) for p in sims)
         info = (f"{(done - base) / max(elapsed, 1e-9):,.0f} steps/s learned · sim {sim_steps:,.0f} steps · "
                 f"{int(learned.get(UPDATES, 0))} updates")
         if evaluator:
-          summary = _eval_summary(scrape(evaluator[0]))
+          summary = _eval_summary(supervisor.scrape_metrics(evaluator[0]))
           info += f" · eval {summary}" if summary else ""
         bar.update(task, completed=min(done, steps), info=info)
         if done >= steps:
@@ -145,7 +122,7 @@ def run_phase(args: argparse.Namespace, algo: str, steps: int, console, show_pro
           break
         failing = [c.name for c in sup.children if c.given_up or c.restarts >= MAX_RESTARTS]
         if failing:
-          why = f"{', '.join(failing)} kept exiting (see {args.run_dir}/logs/{failing[0]}.log)"
+          why, failed = f"{', '.join(failing)} kept exiting (see {args.run_dir}/logs/{failing[0]}.log)", True
           break
         if args.max_seconds is not None and elapsed >= args.max_seconds:
           why = f"--max-seconds {args.max_seconds:g} reached"
@@ -156,9 +133,9 @@ def run_phase(args: argparse.Namespace, algo: str, steps: int, console, show_pro
     out.close()
   if why:
     console.print(f"{algo}: {why} after {done:,} of {steps:,} agent steps; logs in {args.run_dir}/logs")
-  if "kept exiting" in why or (done == base and why):
+  if failed or (done == base and why):
     raise RuntimeError(f"{algo} phase failed: {why}")
   return max(done, _learned_before(args.run_dir, algo))
 
 
-__all__ = ["check_args", "run_phase", "scrape"]
+__all__ = ["check_args", "run_phase"]

@@ -113,6 +113,11 @@ def read_raw(path: str | os.PathLike) -> tuple[dict, int, dict]:
   return raw, int(meta["version"]), meta["extra"]
 
 
+def read_extra(path: str | os.PathLike) -> dict:
+  """The caller's metadata (`extra`) of one checkpoint directory, without reading its arrays."""
+  return _read_meta(pathlib.Path(path))["extra"]
+
+
 def _key(entry: Any) -> str:
   for attr in ("name", "key", "idx"):
     if hasattr(entry, attr):
@@ -165,4 +170,5 @@ def latest_version(directory: str | os.PathLike) -> int | None:
   return found[-1][0] if found else None
 
 
-__all__ = ["checkpoint_path", "latest_version", "list_checkpoints", "read_raw", "restore", "restore_latest", "save"]
+__all__ = ["checkpoint_path", "latest_version", "list_checkpoints", "read_extra", "read_raw", "restore",
+           "restore_latest", "save"]

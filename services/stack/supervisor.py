@@ -91,16 +91,27 @@ class Child:
   given_up: bool = False
 
 
+def scrape_metrics(port: int, timeout_s: float = 0.5) -> dict[str, float]:
+  """{series with labels: value} of one local process's /metrics ({} when it is not serving yet)."""
+  try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+      text = r.read().decode()
+  except OSError:
+    return {}
+  out = {}
+  for line in text.splitlines():
+    if line and not line.startswith("#"):
+      name, _, value = line.rpartition(" ")
+      try:
+        out[name] = float(value)
+      except ValueError:
+        pass
+  return out
+
+
 def _scrape_value(port: int, series: str) -> float:
   """One sample of a process's /metrics (0 when it is not serving yet)."""
-  try:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5) as r:
-      for line in r.read().decode().splitlines():
-        if line.startswith(series + " "):
-          return float(line.rsplit(" ", 1)[1])
-  except (OSError, ValueError):
-    pass
-  return 0.0
+  return scrape_metrics(port).get(series, 0.0)
 
 
 def jax_cache_dir() -> str:
