@@ -52,11 +52,11 @@ def settings(quick: bool) -> dict:
   """The benchmark's recipe (also `make run`'s training phase, services/cli/demo_train.py)."""
   if quick:
     return dict(num_timesteps=41, synth_scenes=48, synth_vehicles=(4, 10), max_objects=16, synth_budget_s=600,
-                held_out_fraction=0.25, eval_every=60, scenes_per_iter=4, bc_iters=300, ppo_iters=200, lr_ppo=1e-3,
-                lr_bc=2e-3, lr_finetune=5.6e-5, net="tiny", select_every=25)
+                held_out_fraction=0.25, eval_every=60, scenes_per_iter=4, bc_iters=300, lr_ppo=1e-3,
+                lr_bc=2e-3, lr_finetune=5.6e-5, net="tiny", ppo_agent_steps=240_000, select_every_steps=24_000)
   return dict(num_timesteps=91, synth_scenes=64, synth_vehicles=(10, 28), max_objects=32, synth_budget_s=3600,
-              held_out_fraction=0.25, eval_every=50, scenes_per_iter=8, bc_iters=1000, ppo_iters=1000, lr_ppo=3e-4,
-              lr_bc=2e-3, lr_finetune=5.6e-5, net="small", select_every=50)
+              held_out_fraction=0.25, eval_every=50, scenes_per_iter=8, bc_iters=1000, lr_ppo=3e-4,
+              lr_bc=2e-3, lr_finetune=5.6e-5, net="small", ppo_agent_steps=4_000_000, select_every_steps=200_000)
 
 
 # Paper 002's RL fine-tuning after BC (appendix E): clip 0.3, entropy 3e-2, lr 5.6e-5 (`lr_finetune`). Its value
@@ -91,10 +91,22 @@ def _evaluate(agent, params, scenes, env_cfg, seed) -> dict:
   return train_cmd.eval_row(agent, params, scenes, env_cfg, seed)
 
 
-def _train(agent, cfg, scenes, iters: int, seed: int, params, curve: list, phase: str, on_eval=None,
-           eval_every: int = 0, budget_s: float | None = None, reference=None):
-  """Runs up to `iters` iterations (or `budget_s` seconds); appends training rows to `curve`; returns params.
-  `reference`: the frozen policy of a KL-to-reference PPO loss (ref_kl_coef > 0)."""
+def eval_due(it: int, steps: int, block: int, every: int, every_steps: int) -> tuple[bool, int]:
+  """(evaluate now?, block) after iteration `it` (1-based) with `steps` agent steps done: on the first iteration, then
+  every `every` iterations, or whenever the steps enter a new block of `every_steps` (`block`: the last one seen;
+  one iteration may cross several blocks and still evaluates once)."""
+  new_block = steps // every_steps if every_steps else 0
+  due = it == 1 or bool(every and it % every == 1) or bool(every_steps and new_block > block)
+  return due, new_block
+
+
+def _train(agent, cfg, scenes, iters: int | None, seed: int, params, curve: list, phase: str, on_eval=None,
+           eval_every: int = 0, budget_s: float | None = None, reference=None, total_steps: int | None = None,
+           eval_every_steps: int = 0):
+  """Runs up to `iters` iterations, `total_steps` agent steps or `budget_s` seconds, whichever comes first; appends
+  training rows to `curve`; returns params. `on_eval(params, steps, wall)` runs every `eval_every` iterations, or
+  each time another `eval_every_steps` agent steps are done, and at the end. `reference`: the frozen policy of a
+  KL-to-reference PPO loss (ref_kl_coef > 0)."""
   import jax
 
   from shared.algos import fused
@@ -113,8 +125,9 @@ def _train(agent, cfg, scenes, iters: int, seed: int, params, curve: list, phase
                   **{k: round(m[k], 4) for k in ("goal_rate", "collision_rate", "offroad_rate", "loss", "ref_kl")
                      if k in m},
                   **({"accuracy": round(m["accuracy"], 4)} if "accuracy" in m else {})})
-    over = budget_s is not None and wall >= budget_s
-    if on_eval is not None and eval_every and (it % eval_every == 1 or over or it == iters):
+    over = (budget_s is not None and wall >= budget_s) or (total_steps is not None and steps >= total_steps)
+    due, clock["step_block"] = eval_due(it, steps, clock.get("step_block", 0), eval_every, eval_every_steps)
+    if on_eval is not None and (eval_every or eval_every_steps) and (due or over or it == iters):
       t_eval = time.perf_counter()
       keep_going = on_eval(carry.train.params, steps, wall)
       clock["start"] += time.perf_counter() - t_eval  # evaluation (and its compile) is not training time
@@ -122,7 +135,8 @@ def _train(agent, cfg, scenes, iters: int, seed: int, params, curve: list, phase
         return False
     return not over
 
-  carry, steps = fused.run(step_fn, carry, 10**12, on_iteration, show_progress=True, max_iterations=iters)
+  carry, steps = fused.run(step_fn, carry, 10**12 if total_steps is None else total_steps, on_iteration,
+                           show_progress=True, max_iterations=iters)
   train_wall = time.perf_counter() - clock.get("start", t0)
   return jax.device_get(carry.train.params), steps, train_wall, clock.get("compile_s")
 
@@ -223,7 +237,8 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
   rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))
   ppo_cfg = train_cmd.fused_config(_args(s, agents, lr=s["lr_finetune"], scenes_per_iter=n), "ppo", ppo_env,
                                    ppo.PPOConfig(**FINETUNE_PPO))
-  # Checkpoint selection as paper 002 (section 5): evaluated every `select_every` iterations, the checkpoint kept
+  # Checkpoint selection as paper 002 (section 5): evaluated every `select_every_steps` agent steps (paper 002: every
+  # 20M), the checkpoint kept
   # is the one with the lowest failure rate, then the highest progress ratio up to 1, on the TRAINING scenes (with
   # 10 scenes there is no separate evaluation set; the held-out scenes never take part in the choice).
   bc_train = rows["bc"]["train"]
@@ -241,8 +256,11 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
     return True
 
   reference = params if ppo_cfg.ppo.ppo.ref_kl_coef > 0 else None  # the BC policy, frozen
-  params, ppo_steps, ppo_wall, _ = _train(agent, ppo_cfg, train_scenes, s["ppo_iters"], seed, params, curve, "ppo",
-                                          on_select, s["select_every"], reference=reference)
+  # PPO's budget is in agent steps, the same for every `agents` mode (one self-driving car per scene takes many more
+  # iterations than every moving vehicle to see as much driving).
+  params, ppo_steps, ppo_wall, _ = _train(agent, ppo_cfg, train_scenes, None, seed, params, curve, "ppo",
+                                          on_select, reference=reference, total_steps=s["ppo_agent_steps"],
+                                          eval_every_steps=s["select_every_steps"])
   rows["bc+ppo"] = dict(split_eval(params), agent_steps=ppo_steps, wall_s=round(ppo_wall, 1))
   rows["bc+ppo_selected"] = dict(split_eval(chosen["params"]), agent_steps=chosen["agent_steps"],
                                  selected_by=f"lowest training-scene failure ({scored} vehicles), then highest "

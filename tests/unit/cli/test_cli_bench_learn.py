@@ -62,3 +62,19 @@ def test_seed_spread_and_its_panel(tmp_path, monkeypatch):
   dots = [list(line.get_ydata()) for line in ax.get_lines()]
   assert dots[0] == [0.25, 0.5] and dots[3] == [0.1, 0.3]  # SDC bc, moving bc
   assert [round(p.get_height(), 3) for p in ax.patches][:3] == [0.375, 0.188, 0.0]
+
+
+def test_eval_due_by_iterations_and_by_agent_steps():
+  from services.cli.bench_learn import eval_due
+
+  # by iterations: the first, then every 3rd after it
+  assert [eval_due(it, 0, 0, 3, 0)[0] for it in range(1, 8)] == [True, False, False, True, False, False, True]
+  # by agent steps: blocks of 100 steps; iterations of 40 steps each
+  block, seen = 0, []
+  for it in range(1, 11):
+    due, block = eval_due(it, 40 * it, block, 0, 100)
+    seen.append(due)
+  # steps 40 (first), 80, 120 (block 1), 160, 200 (block 2), 240, 280, 320 (block 3), 360, 400 (block 4)
+  assert seen == [True, False, True, False, True, False, False, True, False, True]
+  # one big iteration crossing two blocks evaluates once
+  assert eval_due(2, 250, 0, 0, 100) == (True, 2)
