@@ -19,12 +19,13 @@ def _ckpt_template(carry):
 
 
 def _row(a: dict) -> dict:
-  """One split of episode.summarize -> paper 002's Table 2 columns, goal, progress ratio, and the failure rate's
-  95% Wilson interval (with tens of agents, one failure more or less moves the rate by several points)."""
+  """One split of episode.summarize -> paper 002's Table 2 columns, goal, progress ratio, the failure attribution
+  rates (episode.ATTRIBUTION_METRICS), and the failure rate's 95% Wilson interval (with tens of agents, one failure more or less moves the rate by several points)."""
   from shared.sim import episode
 
   row = {k: a[k]["rate"] for k in ("failure", "collision", "offroad", "offroute", "red_light_run",
                                    "stop_line_violation", "goal_reached")}
+  row.update({k: a[k]["rate"] for k in episode.ATTRIBUTION_METRICS if k in a})  # what the failures are made of
   ci = episode.wilson_interval(a["failure"]["count"], a["failure"]["total"])
   row.update(agents=a["agents"], progress_ratio=a["progress_ratio"]["mean"],
              episodic_reward=a["episodic_reward"]["mean"], failure_ci95=None if ci is None else list(ci))

@@ -100,7 +100,8 @@ def _gifs(out: str, entries: list[dict], worst_k: int, stride: int) -> list[dict
 COLUMNS = (("agents", "agents"), ("failure", "failure"), ("new_failures", "new failures"), ("collision", "collision"),
            ("offroad", "off-road"), ("offroute", "off-route"), ("goal_reached", "goal"), ("red_light_run", "red light"),
            ("stop_line_violation", "stop line"), ("progress_ratio", "progress"), ("episodic_reward", "ep. reward"),
-           ("ade_m", "ADE m"))
+           ("ade_m", "ADE m"), ("collision_with_controlled", "collided with controlled"),
+           ("rear_ended_by_log", "rear-ended by log"), ("failed_after_goal", "failed after goal"))
 
 
 def cell(s: dict | None, key: str, new: dict | None = None) -> str:

@@ -155,8 +155,8 @@ def _evaluate(policy: Policy, params, scenarios, cfg: env.EnvConfig, ep_cfg: epi
   state = state.replace(controlled=state.controlled & jnp.logical_not(follows_log))
   aux = None if policy.aux_fn is None else jax.vmap(policy.aux_fn)(scenarios)
   _, outs = rollout.rollout_act_batch(act, state, num_steps, cfg, k_roll, aux)
-  per_agent = jax.vmap(lambda m, ob, ev, sc: episode.episode_metrics(m, ob, ev, sc, ep_cfg),
-                       in_axes=(1, 1, 0, 0))(outs.metrics, outs.objects, evaluated, scenarios)
+  per_agent = jax.vmap(lambda m, ob, ev, sc, c: episode.episode_metrics(m, ob, ev, sc, ep_cfg, c),
+                       in_axes=(1, 1, 0, 0, 0))(outs.metrics, outs.objects, evaluated, scenarios, state.controlled)
   o, s = scenarios.objects, outs.objects
   full = lambda log, sim: _full_trajectory(log, sim, cfg.init_step)
   return EvalOutput(per_agent=per_agent, x=full(o.x, s.x), y=full(o.y, s.y), yaw=full(o.yaw, s.yaw))

@@ -17,6 +17,13 @@ controlled ones stay valid. Definitions (papers 000 and 002):
     further than the log in the same time counts);
     defined for moving agents whose logged path is at least `min_path_m` long;
   moving = logged speed above `moving_speed_mps` at some valid step in [init_step, T).
+Failure attribution (what a closed-loop failure on logged scenes is made of; other objects replay their log and do
+not react):
+  collision_partner = the object overlapping the agent most deeply at its first collision step (-1 when none);
+  collision_with_controlled = that partner is controlled too (a policy drove both);
+  rear_ended_by_log = the partner follows its log and its centre is behind the agent's along the agent's heading
+    (a replayed car ran into it from behind, which no braking or steering of the agent's own need have caused);
+  failed_after_goal = the agent failed only after reaching its goal (with no goal done signal, "drive-on").
 `summarize` (host side, numpy) turns per-agent records into rates with numerators and denominators, split into
 all / moving / parked agents.
 """
@@ -32,10 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from shared.scenes.types import WOMD_INIT_STEP
-from shared.sim import control
+from shared.sim import control, geometry
 
 BOOL_METRICS = ("failure", "collision", "offroad", "offroute", "crash", "goal_reached", "red_light_run",
                 "stop_line_violation")
+# Attribution flags (see the module docstring): summarized when a record has them (older records do not).
+ATTRIBUTION_METRICS = ("collision_with_controlled", "rear_ended_by_log", "failed_after_goal")
 SPLITS = ("all", "moving", "parked")
 STEP_FLAGS = ("overlap", "offroad", "offroute", "goal_reached", "red_light_run", "stop_line_violation")  # read
 
@@ -75,6 +84,9 @@ class EpisodeMetrics:
     progress_valid: bool, moving and path_m >= min_path_m.
     ade_m: float32 mean distance to the logged position over steps where both exist.
     fde_m: float32 distance at the last such step.
+    first_collision_step: int32 sim-step index of the first collision (S when never, or not evaluated).
+    collision_partner: int32 object index of the first collision's partner (-1 when none).
+    collision_with_controlled, rear_ended_by_log, failed_after_goal: bool, see the module docstring.
   """
 
   evaluated: jax.Array
@@ -97,6 +109,11 @@ class EpisodeMetrics:
   progress_valid: jax.Array
   ade_m: jax.Array
   fde_m: jax.Array
+  first_collision_step: jax.Array
+  collision_partner: jax.Array
+  collision_with_controlled: jax.Array
+  rear_ended_by_log: jax.Array
+  failed_after_goal: jax.Array
 
 
 def _first_step(flags):
@@ -163,8 +180,33 @@ def _trajectory_metrics(objects, scenario, cfg: EpisodeConfig):
   return progress, path, ade, fde, moving
 
 
-def episode_metrics(metrics, objects, evaluated, scenario, cfg: EpisodeConfig = EpisodeConfig()) -> EpisodeMetrics:
-  """EpisodeMetrics of one scene's rollout; see the module docstring for inputs and definitions."""
+def _first_collision(overlap, objects, scenario, controlled):
+  """(first collision step, partner index or -1, partner controlled, partner behind the agent) (O,) each: every
+  object's box at each agent's own first collision step, the partner being the deepest overlap (least SAT gap)."""
+  S, O = overlap.shape
+  first = _first_step(overlap)
+  hit = first < S
+  at = lambda a: a[jnp.minimum(first, S - 1)]  # (S, O) -> (O agents, O objects): the scene at each agent's step
+  x, y, yaw, valid = at(objects.x), at(objects.y), at(objects.yaw), at(objects.valid)
+  length, width = scenario.objects.length, scenario.objects.width
+  idx = jnp.arange(O)
+
+  def gaps(i):
+    me = tuple(a[None] for a in (x[i, i], y[i, i], yaw[i, i], length[i], width[i]))
+    g = geometry.sat_gap(me, (x[i], y[i], yaw[i], length, width))[0]
+    return jnp.where(valid[i] & (idx != i), g, jnp.inf)
+
+  g = jax.vmap(gaps)(idx)  # (O, O)
+  partner = jnp.argmin(g, axis=1)
+  px, py = x[idx, partner] - x[idx, idx], y[idx, partner] - y[idx, idx]
+  behind = px * jnp.cos(yaw[idx, idx]) + py * jnp.sin(yaw[idx, idx]) < 0.0
+  return first, jnp.where(hit, partner, -1), hit & controlled[partner], hit & behind
+
+
+def episode_metrics(metrics, objects, evaluated, scenario, cfg: EpisodeConfig = EpisodeConfig(),
+                    controlled=None) -> EpisodeMetrics:
+  """EpisodeMetrics of one scene's rollout; see the module docstring for inputs and definitions. `controlled`: (O,)
+  bool, the objects a policy drives (default `evaluated`), for the collision attribution."""
   chex.assert_rank(objects.x, 2)
   chex.assert_equal_shape([objects.x, metrics.overlap, metrics.offroad, metrics.offroute, metrics.goal_reached])
   S = objects.x.shape[0]
@@ -176,6 +218,9 @@ def episode_metrics(metrics, objects, evaluated, scenario, cfg: EpisodeConfig = 
   goal_step = _first_step(flag(metrics.goal_reached))
   reward = jnp.where(goal_step < first_crash, 1.0, jnp.where(first_crash < S, -1.0, 0.0))
   progress, path, ade, fde, moving = _trajectory_metrics(objects, scenario, cfg)
+  controlled = evaluated.astype(bool) if controlled is None else jnp.asarray(controlled, bool)
+  first_col, partner, with_ctrl, behind = _first_collision(overlap, objects, scenario, controlled)
+  first_failure = _first_step(crash_t | offroute)
   valid_path = (path >= cfg.min_path_m) & moving
   ev = evaluated.astype(bool)
   any_ = lambda a: jnp.any(a, axis=0) & ev
@@ -187,7 +232,10 @@ def episode_metrics(metrics, objects, evaluated, scenario, cfg: EpisodeConfig = 
       goal_step=goal_step.astype(jnp.int32), episodic_reward=(reward * ev).astype(jnp.float32),
       progress_m=progress.astype(jnp.float32), path_m=path.astype(jnp.float32),
       progress_ratio=jnp.where(valid_path, progress / jnp.maximum(path, 1e-6), 0.0).astype(jnp.float32),
-      progress_valid=valid_path & ev, ade_m=ade.astype(jnp.float32), fde_m=fde.astype(jnp.float32))
+      progress_valid=valid_path & ev, ade_m=ade.astype(jnp.float32), fde_m=fde.astype(jnp.float32),
+      first_collision_step=jnp.where(ev, first_col, S).astype(jnp.int32), collision_partner=jnp.where(ev, partner, -1).astype(jnp.int32),
+      collision_with_controlled=with_ctrl & ev, rear_ended_by_log=behind & ~with_ctrl & ev,
+      failed_after_goal=(goal_step < first_failure) & (first_failure < S) & ev)
 
 
 # SUMMARY (host side)
@@ -225,7 +273,8 @@ def summarize(per_agent, mask=None) -> dict:
   """Rates with counts over the agents in `mask` (default: `evaluated`), for all / moving / parked agents.
 
   per_agent: EpisodeMetrics or a dict of its fields, any shape (flattened); mask broadcasts to it. Returns
-  {split: {"agents": n, metric: {"rate", "count", "total"} for BOOL_METRICS, "progress_ratio": {"mean", "total",
+  {split: {"agents": n, metric: {"rate", "count", "total"} for BOOL_METRICS (and the ATTRIBUTION_METRICS a record
+  has), "progress_ratio": {"mean", "total",
   "pooled"}, "episodic_reward" / "ade_m" / "fde_m" / "offroad_steps": {"mean", "total"}}}.
   """
   shape = np.shape(per_agent["evaluated"] if isinstance(per_agent, dict) else per_agent.evaluated)
@@ -237,7 +286,7 @@ def summarize(per_agent, mask=None) -> dict:
   out = {}
   for split, m in (("all", base), ("moving", base & moving), ("parked", base & ~moving)):
     s = {"agents": int(np.sum(m))}
-    for k in BOOL_METRICS:
+    for k in BOOL_METRICS + tuple(a for a in ATTRIBUTION_METRICS if a in d):
       s[k] = _rate(d[k].astype(bool), m)
     pv = m & d["progress_valid"].astype(bool)
     s["progress_ratio"] = _mean(d["progress_ratio"], pv)
@@ -250,4 +299,4 @@ def summarize(per_agent, mask=None) -> dict:
 
 
 __all__ = ["EpisodeConfig", "EpisodeMetrics", "episode_metrics", "path_progress", "summarize", "as_dict",
-           "BOOL_METRICS", "SPLITS"]
+           "BOOL_METRICS", "ATTRIBUTION_METRICS", "SPLITS"]

@@ -155,3 +155,35 @@ def test_wilson_interval_reference_values():
   np.testing.assert_allclose(episode.wilson_interval(0, 10), [0.0, 1.96**2 / (10 + 1.96**2)], atol=1e-9)
   np.testing.assert_allclose(episode.wilson_interval(10, 10), [1 - 1.96**2 / (10 + 1.96**2), 1.0], atol=1e-9)
   assert episode.wilson_interval(0, 0) is None
+
+
+def test_failure_attribution_partner_rear_end_and_after_goal():
+  """Object 0 (controlled) is run into from behind by object 1 (replayed) at step 5; controlled objects 2 and 3 (3
+  ahead of 2) collide at step 2; object 4 reaches its goal at step 3 and leaves its route at step 6."""
+  sc = _scene()
+  sc = sc.replace(objects=sc.objects.replace(length=np.full(O, 4.5, np.float32), width=np.full(O, 2.0, np.float32)))
+  s = np.arange(S, dtype=np.float32)[:, None]
+  x = np.concatenate([10 + s, 7 + s, 10 + s, 13 + s, 10 + s, 500 + s], 1)  # (S, O)
+  y = np.tile(np.array([0.0, 0.0, 20.0, 20.0, 40.0, 80.0], np.float32), (S, 1))
+  zeros = np.zeros((S, O), np.float32)
+  valid = np.ones((S, O), bool)
+  valid[:, 5] = False
+  objects = ObjectState(x=x, y=y, yaw=zeros, vel_x=zeros, vel_y=zeros, valid=valid, accel_mps2=zeros, steer_rad=zeros)
+  kw = {f.name: np.zeros((S, O), np.float32) for f in dataclasses.fields(metrics.StepMetrics)}
+  kw.update({f: np.zeros((S, O), bool) for f in episode.STEP_FLAGS}, valid=valid)
+  kw.update(overlap=_flags(o0=[5, 6], o1=[5, 6], o2=[2, 3], o3=[2, 3]), goal_reached=_flags(o4=[3]),
+            offroute=_flags(o4=[6, 7]))
+  controlled = np.array([1, 0, 1, 1, 1, 0], bool)
+  fn = jax.jit(lambda m, ob, ev, sc_, c: episode.episode_metrics(m, ob, ev, sc_, CFG, c))
+  r = jax.tree.map(np.asarray, fn(metrics.StepMetrics(**kw), objects, controlled, sc, controlled))
+  assert r.first_collision_step.tolist() == [5, S, 2, 2, S, S]  # object 1 is not scored (replayed)
+  assert r.collision_partner.tolist() == [1, -1, 3, 2, -1, -1]
+  assert r.collision_with_controlled.tolist() == [0, 0, 1, 1, 0, 0]
+  assert r.rear_ended_by_log.tolist() == [1, 0, 0, 0, 0, 0]  # 3 is hit from behind too, but by a controlled car
+  assert r.failed_after_goal.tolist() == [0, 0, 0, 0, 1, 0]
+  rows = episode.summarize(r)["all"]
+  assert rows["rear_ended_by_log"] == {"rate": 0.25, "count": 1, "total": 4}
+  assert rows["collision_with_controlled"]["count"] == 2 and rows["failed_after_goal"]["count"] == 1
+  # a record from before the attribution existed still summarizes, without those rates
+  old = {k: v for k, v in episode.as_dict(r).items() if k not in episode.ATTRIBUTION_METRICS}
+  assert "rear_ended_by_log" not in episode.summarize(old)["all"]
