@@ -21,8 +21,9 @@ Failure attribution (what a closed-loop failure on logged scenes is made of; oth
 not react):
   collision_partner = the object overlapping the agent most deeply at its first collision step (-1 when none);
   collision_with_controlled = that partner is controlled too (a policy drove both);
-  rear_ended_by_log = the partner follows its log and its centre is behind the agent's along the agent's heading
-    (a replayed car ran into it from behind, which no braking or steering of the agent's own need have caused);
+  rear_ended_by_log = the partner follows its log, its centre is behind the agent's along the agent's heading and
+    it is closing in along that heading (a replayed car ran into the agent from behind: the log does not brake for
+    a car that drives slower than its own logged one);
   failed_after_goal = the agent failed only after reaching its goal (with no goal done signal, "drive-on").
 `summarize` (host side, numpy) turns per-agent records into rates with numerators and denominators, split into
 all / moving / parked agents.
@@ -181,13 +182,15 @@ def _trajectory_metrics(objects, scenario, cfg: EpisodeConfig):
 
 
 def _first_collision(overlap, objects, scenario, controlled):
-  """(first collision step, partner index or -1, partner controlled, partner behind the agent) (O,) each: every
-  object's box at each agent's own first collision step, the partner being the deepest overlap (least SAT gap)."""
+  """(first collision step, partner index or -1, partner controlled, partner behind the agent and closing in) (O,)
+  each: every object's box at each agent's own first collision step, the partner being the deepest overlap (least
+  SAT gap)."""
   S, O = overlap.shape
   first = _first_step(overlap)
   hit = first < S
   at = lambda a: a[jnp.minimum(first, S - 1)]  # (S, O) -> (O agents, O objects): the scene at each agent's step
   x, y, yaw, valid = at(objects.x), at(objects.y), at(objects.yaw), at(objects.valid)
+  vx, vy = at(objects.vel_x), at(objects.vel_y)
   length, width = scenario.objects.length, scenario.objects.width
   idx = jnp.arange(O)
 
@@ -198,9 +201,10 @@ def _first_collision(overlap, objects, scenario, controlled):
 
   g = jax.vmap(gaps)(idx)  # (O, O)
   partner = jnp.argmin(g, axis=1)
-  px, py = x[idx, partner] - x[idx, idx], y[idx, partner] - y[idx, idx]
-  behind = px * jnp.cos(yaw[idx, idx]) + py * jnp.sin(yaw[idx, idx]) < 0.0
-  return first, jnp.where(hit, partner, -1), hit & controlled[partner], hit & behind
+  along = lambda ax, ay: ax * jnp.cos(yaw[idx, idx]) + ay * jnp.sin(yaw[idx, idx])  # onto the agent's heading
+  behind = along(x[idx, partner] - x[idx, idx], y[idx, partner] - y[idx, idx]) < 0.0
+  closing = along(vx[idx, partner] - vx[idx, idx], vy[idx, partner] - vy[idx, idx]) > 0.0
+  return first, jnp.where(hit, partner, -1), hit & controlled[partner], hit & behind & closing
 
 
 def episode_metrics(metrics, objects, evaluated, scenario, cfg: EpisodeConfig = EpisodeConfig(),
@@ -233,7 +237,8 @@ def episode_metrics(metrics, objects, evaluated, scenario, cfg: EpisodeConfig = 
       progress_m=progress.astype(jnp.float32), path_m=path.astype(jnp.float32),
       progress_ratio=jnp.where(valid_path, progress / jnp.maximum(path, 1e-6), 0.0).astype(jnp.float32),
       progress_valid=valid_path & ev, ade_m=ade.astype(jnp.float32), fde_m=fde.astype(jnp.float32),
-      first_collision_step=jnp.where(ev, first_col, S).astype(jnp.int32), collision_partner=jnp.where(ev, partner, -1).astype(jnp.int32),
+      first_collision_step=jnp.where(ev, first_col, S).astype(jnp.int32),
+      collision_partner=jnp.where(ev, partner, -1).astype(jnp.int32),
       collision_with_controlled=with_ctrl & ev, rear_ended_by_log=behind & ~with_ctrl & ev,
       failed_after_goal=(goal_step < first_failure) & (first_failure < S) & ev)
 
@@ -274,8 +279,8 @@ def summarize(per_agent, mask=None) -> dict:
 
   per_agent: EpisodeMetrics or a dict of its fields, any shape (flattened); mask broadcasts to it. Returns
   {split: {"agents": n, metric: {"rate", "count", "total"} for BOOL_METRICS (and the ATTRIBUTION_METRICS a record
-  has), "progress_ratio": {"mean", "total",
-  "pooled"}, "episodic_reward" / "ade_m" / "fde_m" / "offroad_steps": {"mean", "total"}}}.
+  has), "progress_ratio": {"mean", "total", "pooled"}, "episodic_reward" / "ade_m" / "fde_m" / "offroad_steps":
+  {"mean", "total"}}}.
   """
   shape = np.shape(per_agent["evaluated"] if isinstance(per_agent, dict) else per_agent.evaluated)
   d = as_dict(per_agent)

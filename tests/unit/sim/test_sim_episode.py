@@ -158,7 +158,7 @@ def test_wilson_interval_reference_values():
 
 
 def test_failure_attribution_partner_rear_end_and_after_goal():
-  """Object 0 (controlled) is run into from behind by object 1 (replayed) at step 5; controlled objects 2 and 3 (3
+  """Object 0 (controlled) is run into from behind by object 1 (replayed, 2 m/s faster) at step 5; controlled objects 2 and 3 (3
   ahead of 2) collide at step 2; object 4 reaches its goal at step 3 and leaves its route at step 6."""
   sc = _scene()
   sc = sc.replace(objects=sc.objects.replace(length=np.full(O, 4.5, np.float32), width=np.full(O, 2.0, np.float32)))
@@ -168,7 +168,8 @@ def test_failure_attribution_partner_rear_end_and_after_goal():
   zeros = np.zeros((S, O), np.float32)
   valid = np.ones((S, O), bool)
   valid[:, 5] = False
-  objects = ObjectState(x=x, y=y, yaw=zeros, vel_x=zeros, vel_y=zeros, valid=valid, accel_mps2=zeros, steer_rad=zeros)
+  vx = np.tile(np.array([10.0, 12.0, 10.0, 10.0, 10.0, 10.0], np.float32), (S, 1))  # 1 closes in on 0
+  objects = ObjectState(x=x, y=y, yaw=zeros, vel_x=vx, vel_y=zeros, valid=valid, accel_mps2=zeros, steer_rad=zeros)
   kw = {f.name: np.zeros((S, O), np.float32) for f in dataclasses.fields(metrics.StepMetrics)}
   kw.update({f: np.zeros((S, O), bool) for f in episode.STEP_FLAGS}, valid=valid)
   kw.update(overlap=_flags(o0=[5, 6], o1=[5, 6], o2=[2, 3], o3=[2, 3]), goal_reached=_flags(o4=[3]),
@@ -187,3 +188,24 @@ def test_failure_attribution_partner_rear_end_and_after_goal():
   # a record from before the attribution existed still summarizes, without those rates
   old = {k: v for k, v in episode.as_dict(r).items() if k not in episode.ATTRIBUTION_METRICS}
   assert "rear_ended_by_log" not in episode.summarize(old)["all"]
+
+
+def test_rear_end_needs_the_replayed_car_to_close_in():
+  """The same overlap of object 0 with replayed object 1 behind it, but 1 slower (the agent cut in or backed into
+  it): a collision, not a rear-end by the log."""
+  sc = _scene()
+  sc = sc.replace(objects=sc.objects.replace(length=np.full(O, 4.5, np.float32), width=np.full(O, 2.0, np.float32)))
+  s = np.arange(S, dtype=np.float32)[:, None]
+  x = np.concatenate([10 + s, 7 + s, 100 + s, 200 + s, 300 + s, 500 + s], 1)
+  zeros = np.zeros((S, O), np.float32)
+  valid = np.ones((S, O), bool)
+  vx = np.tile(np.array([10.0, 8.0, 10.0, 10.0, 10.0, 10.0], np.float32), (S, 1))
+  objects = ObjectState(x=x, y=zeros, yaw=zeros, vel_x=vx, vel_y=zeros, valid=valid, accel_mps2=zeros,
+                        steer_rad=zeros)
+  kw = {f.name: np.zeros((S, O), np.float32) for f in dataclasses.fields(metrics.StepMetrics)}
+  kw.update({f: np.zeros((S, O), bool) for f in episode.STEP_FLAGS}, valid=valid, overlap=_flags(o0=[5], o1=[5]))
+  controlled = np.array([1, 0, 0, 0, 0, 0], bool)
+  r = jax.tree.map(np.asarray, jax.jit(lambda m, ob, ev, sc_, c: episode.episode_metrics(m, ob, ev, sc_, CFG, c))(
+      metrics.StepMetrics(**kw), objects, controlled, sc, controlled))
+  assert r.collision.tolist()[0] and r.collision_partner.tolist()[0] == 1
+  assert not r.rear_ended_by_log[0] and not r.collision_with_controlled[0]
