@@ -30,6 +30,9 @@ from services.cli import provenance, train_cmd
 RESULTS_DIR = os.path.join("benchmarks", "results")
 REAL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "gpudrive_womd")
 TABLE2 = ("failure", "collision", "offroad", "offroute", "red_light_run", "stop_line_violation")
+# What the failures are made of (shared.sim.episode.ATTRIBUTION_METRICS), beside the Table 2 columns.
+ATTRIBUTION = (("collision_with_controlled", "collided w/ controlled"), ("rear_ended_by_log", "rear-ended by log"),
+               ("failed_after_goal", "failed after goal"))
 
 
 def register(subparsers) -> None:
@@ -366,6 +369,61 @@ def plot(result: dict, path: str) -> None:
   plt.close(fig)
 
 
+def _pct(v) -> str:
+  return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def table2_markdown(result: dict) -> str:
+  """Paper 002's Table 2 for each real part (training and held-out scenes), the seed spread of the failure rate,
+  and the synthetic target, as Markdown (written beside learn.json as learn.md, and printed)."""
+  out = [f"# `{result['command']}` at {str(result['provenance'].get('commit'))[:10]}", ""]
+  syn = result.get("synthetic")
+  if syn:
+    reached = syn.get("reached")
+    out += [f"Synthetic, PPO from scratch, all vehicles: target (held-out goal >= "
+            f"{syn['target']['goal_rate']:.0%}, collision + off-road <= {syn['target']['max_collision_plus_offroad']:.0%})"
+            + (f" reached at {reached['agent_steps']:,} agent steps, {reached['wall_s']} s." if reached else
+               f" not reached in {syn['agent_steps']:,} agent steps."), ""]
+  cols = [("failure", "failure")] + [(k, k.replace("_", " ")) for k in TABLE2[1:]] + [("progress_ratio", "progress")]
+  for key, who in (("real", "self-driving car"), ("real_multi", "moving vehicles")):
+    part = result.get(key)
+    if not part:
+      continue
+    t = part["table2"]
+    out += [f"## Real scenes, {who} controlled (seed {part['seed']}; {part['scenes']['train']} training, "
+            f"{part['scenes']['held_out']} held-out scenes; goal: drive-on)", ""]
+    for split in ("train", "held_out"):
+      head = ["row", "agents"] + [c for _, c in cols] + [c for _, c in ATTRIBUTION] + ["agent steps"]
+      out += [f"{'Training' if split == 'train' else 'Held-out'} scenes:", "", "| " + " | ".join(head) + " |",
+              "|" + "---|" * len(head)]
+      for row in ("bc", "bc+ppo", "bc+ppo_selected", "log", "expert-grid"):
+        r = t.get(row)
+        if r is None:
+          continue
+        cells = r[split] if split in r else (r["all"] if split == "train" else None)
+        if cells is None:
+          continue
+        steps = r.get("agent_steps")
+        out.append("| " + " | ".join([row, str(cells["agents"])] + [_pct(cells.get(k)) for k, _ in cols]
+                                     + [_pct(cells.get(k)) for k, _ in ATTRIBUTION]
+                                     + ["-" if steps is None else f"{steps:,}"]) + " |")
+      out.append("")
+    out.append("(log / expert-grid: every scene, training and held-out together.)")
+    out.append("")
+  spread = result.get("real_seeds")
+  if spread:
+    out += [f"## Training-scene failure over seeds {next(iter(spread.values()))['seeds']}", "",
+            "| part | row | per seed | mean | progress ratio (mean) |", "|---|---|---|---|---|"]
+    for key, who in (("real", "SDC"), ("real_multi", "moving")):
+      for row in SPREAD_ROWS:
+        if key in spread:
+          r = spread[key][row]["train"]
+          out.append(f"| {who} | {row} | {', '.join(_pct(f) for f in r['failure'])} | {_pct(r['mean_failure'])} | "
+                     f"{r['mean_progress_ratio']:.3f} |")
+    out.append("")
+  return "\n".join(out)
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
   s = settings(args.quick)
   t0 = time.perf_counter()
@@ -381,6 +439,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
       json.dump(result, f, indent=1)
     os.replace(os.path.join(args.out_dir, "learn.json.tmp"), os.path.join(args.out_dir, "learn.json"))
     plot(result, os.path.join(args.out_dir, "learn.png"))
+    with open(os.path.join(args.out_dir, "learn.md"), "w") as f:
+      f.write(table2_markdown(result))
 
   result["synthetic"] = synthetic_part(s, args.seed, args.goal_target, args.max_failure)
   write()
@@ -395,7 +455,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
           runs[key].append(real_part(s, seed, args.real_dir, agents, split_seed=args.seed))
           result["real_seeds"] = seed_spread(runs)
           write()
-  print(json.dumps({k: v for k, v in result.items() if k not in ("synthetic", "real", "real_multi")}, indent=1))
+  print(table2_markdown(result))
   return 0
 
 

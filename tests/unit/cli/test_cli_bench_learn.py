@@ -78,3 +78,27 @@ def test_eval_due_by_iterations_and_by_agent_steps():
   assert seen == [True, False, True, False, True, False, False, True, False, True]
   # one big iteration crossing two blocks evaluates once
   assert eval_due(2, 250, 0, 0, 100) == (True, 2)
+
+
+def test_table2_markdown_rows_attribution_and_spread():
+  cells = lambda f, n: {"failure": f, "collision": f, "offroad": 0.0, "offroute": 0.0, "red_light_run": 0.0,
+                        "stop_line_violation": 0.0, "progress_ratio": 1.05, "agents": n,
+                        "collision_with_controlled": f, "rear_ended_by_log": 0.0, "failed_after_goal": None}
+  part = {"seed": 0, "scenes": {"train": 8, "held_out": 2},
+          "table2": {"bc": {"train": cells(0.25, 8), "held_out": cells(0.5, 2), "agent_steps": 96000},
+                     "log": {"all": cells(0.0, 10)}}}
+  result = {"command": "drivelab bench learn --quick", "provenance": {"commit": "abcdef1234567"},
+            "synthetic": {"target": {"goal_rate": 0.95, "max_collision_plus_offroad": 0.03}, "agent_steps": 5,
+                          "reached": {"agent_steps": 300000, "wall_s": 50.0}},
+            "real": part, "real_seeds": bench_learn.seed_spread({"real": [_run(0, 0.25), _run(1, 0.5)]})}
+  md = bench_learn.table2_markdown(result)
+  assert md.startswith("# `drivelab bench learn --quick` at abcdef1234")
+  assert "reached at 300,000 agent steps, 50.0 s" in md
+  assert "## Real scenes, self-driving car controlled" in md and "moving vehicles controlled" not in md
+  lines = md.splitlines()
+  bc = [line for line in lines if line.startswith("| bc |")]
+  # training then held-out: failure, 5 Table 2 columns, progress, 3 attribution columns (None -> "-"), steps
+  assert bc[0] == ("| bc | 8 | 25.0% | 25.0% | 0.0% | 0.0% | 0.0% | 0.0% | 105.0% | 25.0% | 0.0% | - | 96,000 |")
+  assert bc[1].startswith("| bc | 2 | 50.0% |")
+  assert sum(line.startswith("| log |") for line in lines) == 1  # the log row has no held-out split of its own
+  assert "| SDC | bc | 25.0%, 50.0% | 37.5% | 1.375 |" in lines
