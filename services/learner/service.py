@@ -12,8 +12,9 @@ restore_latest) hold {"train": TrainingState} under run_dir/checkpoints/<algo>, 
 and at shutdown; a restart resumes from the newest with the same version, params, optimizer moments, step and PRNG
 key. run_dir/policy.json says how to rebuild the network (what `drivelab eval` reads).
 Fine-tuning: `--init-from DIR` (a BC run's checkpoints/bc, or its run_dir) starts from that checkpoint's params,
-which are then version 0 (published at start; actors that act before receiving them use PolicyNet.init_flat, and
-V-trace corrects for the mismatch like any lag); `--ref-kl-coef C` (PPO) adds C * KL(pi_init || pi) to the loss,
+which are then version 1, published at start with min_data_version 1: actors that act before receiving them use
+version 0 (PolicyNet.init_flat, random), and replay masks what they collected (dropped{what="before_warm_start"})
+instead of the learner fine-tuning the BC policy on a random policy's data (the floor is kept in checkpoints); `--ref-kl-coef C` (PPO) adds C * KL(pi_init || pi) to the loss,
 the reference logits computed per batch by one forward pass of the frozen init params (as the fused path does).
 Scale-out: `--num-processes N --process-id I --coordinator HOST:PORT` joins N learners (each with its own replay)
 through jax.distributed; the update then averages gradients over every process's devices.
@@ -71,11 +72,13 @@ class Learner:
     self.ckpt_dir = checkpoint_dir(rt.common.run_dir, self.algo_name)
     self.state = self.algo.init_state()
     self.version, self.samples, self.seq, self._last_publish = 0, 0, 0, 0.0
+    self.min_data_version = 0  # data collected with older params is not learned from (replay masks it)
     self.published: dict | None = None  # the flat params last published (host numpy)
     self._metrics()
     if cfg.init_from:
       init = self._init_params(cfg.init_from)
       self.state = self.algo.place(self.state.replace(params=init))
+      self.version = self.min_data_version = 1  # not version 0, which every process computes (random) on its own
       if cfg.ref_kl_coef > 0:  # the frozen reference of the KL term: the params fine-tuning starts from
         self.algo = dataclasses.replace(self.algo, reference=jax.tree.map(jax.numpy.asarray, init))
     elif cfg.ref_kl_coef > 0:
@@ -120,6 +123,7 @@ class Learner:
     tree, self.version, extra = restored
     self.state = self.algo.place(tree["train"])
     self.samples = int(extra.get("samples", 0))
+    self.min_data_version = int(extra.get("min_data_version", 0))
     log.info("event=resume version=%d step=%d dir=%s", self.version, int(tree["train"].step), self.ckpt_dir)
 
   def _write_policy_json(self) -> None:
@@ -134,7 +138,8 @@ class Learner:
     # Every replica saves (the states are identical), so each restarts from its own run_dir; on a shared run_dir
     # the atomic rename makes concurrent writes of the same checkpoint harmless.
     checkpoint.save(self.ckpt_dir, algo_lib.host({"train": self.state}), self.version,
-                    extra={"samples": self.samples, "algo": self.algo_name}, keep=self.cfg.keep_checkpoints)
+                    extra={"samples": self.samples, "algo": self.algo_name,
+                           "min_data_version": self.min_data_version}, keep=self.cfg.keep_checkpoints)
 
   def params_flat(self) -> dict:
     return policy_net.to_flat(algo_lib.host(self.state.params))
@@ -146,7 +151,7 @@ class Learner:
     self.published = self.params_flat()
     msg = schemas.make("Params", self.rt.producer_id, self.seq, self.rt.epoch, arrays=self.published,
                        params_version=self.version, learner_step=int(algo_lib.host(self.state.step)),
-                       algo=self.algo_name)
+                       algo=self.algo_name, min_data_version=self.min_data_version)
     self.links.params.publish(msg)
     self.rt.metrics.params_version.set(self.version)
 
@@ -196,7 +201,7 @@ class Learner:
 
   def close(self) -> None:
     log.info("event=final params_version=%d samples=%d algo=%s", self.version, self.samples, self.algo_name)
-    if self.cfg.checkpoint_every and self.version > 0:
+    if self.cfg.checkpoint_every and self.version > self.min_data_version:  # an update was done
       self.save()
     for link in (self.links.samples, self.links.params, self.links.eval_in):
       link.close()

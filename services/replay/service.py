@@ -4,7 +4,9 @@ The table is shared.replay.FifoQueue (on-policy: each item is used once). One it
 (T, B, ...) plus its params version. Backpressure, end to end: replay takes a Trajectory off the socket only while
 the queue has room, and a simulator sends only against replay's credits, so a slow learner makes simulators wait
 instead of growing any queue. A sample of `sample_items` items becomes one ReplayBatch (T, sample_items * B, ...);
-items older than the newest params by more than `max_staleness_versions` are masked out (valid=False), counted.
+items older than the newest params by more than `max_staleness_versions`, or older than the learner's
+`min_data_version` (a warm start's params are version 1: data acted with version 0 came from a random policy), are
+masked out (valid=False), counted (dropped{what="stale_item"|"before_warm_start"}).
 
 The expert table (shared.replay.UniformBuffer) keeps the scene loader's ExpertTrajectories for the imitation
 learners. With the stack's algo "bc" (DRIVELAB_ALGO) the learner's ReplayBatches come from it instead (table
@@ -79,6 +81,7 @@ class Replay:
     self.inserted = 0
     self.rejected = 0
     self.stale = 0
+    self.before_warm_start = 0
     self.sent = 0
     self.size = 0  # items in the table, as a plain int other threads may read
     self.expert_table = buffers.UniformBuffer(cfg.expert_capacity, cfg.sample_items)
@@ -88,11 +91,13 @@ class Replay:
     self._expert_insert = jax.jit(self.expert_table.insert, donate_argnums=0)
     self._expert_sample = jax.jit(self.expert_table.sample, donate_argnums=0)
     self.imitation = rt.common.algo == "bc"
+    self.min_data_version = 0  # the learner's floor (a warm start's version): older data is masked
 
   def _poll_params(self) -> None:
     msg = self.links.params.poll(0.0)
     if msg is not None:
       self.newest_version = int(msg.fields["params_version"])
+      self.min_data_version = int(msg.fields.get("min_data_version", 0))
       self.rt.metrics.params_version.set(self.newest_version)
 
   def _insert_one(self, msg: codec.Message) -> None:
@@ -170,10 +175,13 @@ class Replay:
       sample = jax.tree.map(np.asarray, sample)
       versions = sample[VERSION_KEY]
       arrays = to_batch_arrays(sample)
-    fresh = versions >= self.newest_version - self.cfg.max_staleness_versions
+    early = versions < self.min_data_version  # acted before a warm start's params arrived (random version 0)
+    fresh = (versions >= self.newest_version - self.cfg.max_staleness_versions) & ~early
     if not fresh.all():
       self.stale += int((~fresh).sum())
-      self.rt.dropped.labels(what="stale_item").inc(int((~fresh).sum()))
+      self.rt.dropped.labels(what="stale_item").inc(int((~fresh & ~early).sum()))
+      self.rt.dropped.labels(what="before_warm_start").inc(int(early.sum()))
+      self.before_warm_start += int(early.sum())
       b = arrays["valid"].shape[1] // len(fresh)
       mask = np.repeat(fresh, b)[None, :]
       if type(arrays["valid"].base) is arena_lib.ArenaBuffer:  # K > 1: in place keeps the batch one frame
@@ -194,7 +202,8 @@ class Replay:
     self._send_sample()
     self.size = 0 if self.state is None else self.table.size(self.state)
     self.rt.metrics.queue_depth.labels(queue="trajectories").set(self.size)
-    self.rt.heartbeat(inserted=self.inserted, sent=self.sent, size=self.size, stale=self.stale)
+    self.rt.heartbeat(inserted=self.inserted, sent=self.sent, size=self.size, stale=self.stale,
+                      before_warm_start=self.before_warm_start)
 
   def close(self) -> None:
     for link in (self.links.trajectories, self.links.samples, self.links.params, self.links.expert):

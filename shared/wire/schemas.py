@@ -18,7 +18,9 @@ Shapes (B = batch, T = time, O/P/L = scene caps, D... = any trailing feature dim
   ExpertTrajectories   "obs/*" (T, B, ...), "action" (T, B) int32, "valid" (T, B) bool;
                        v2 adds optional "reward" (T, B) f32, "done", "terminated" (T, B) bool (value targets for BC)
   ReplayBatch          like Trajectory (v2: its v2 arrays) plus "weight" (B,) f32 optional, fields table, ...
-  Params               any "/"-joined path of the param tree, float arrays        field params_version
+  Params               any "/"-joined path of the param tree, float arrays        field params_version (and
+                                                                                  min_data_version: replay masks
+                                                                                  data of older versions)
   Heartbeat, Control, EvalReport: fields only (EvalReport may add arrays).
 """
 
@@ -117,7 +119,7 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
             FieldSpec("staleness_versions", "int", required=False))),
     Schema("Params", 1, (ArraySpec("*", FLOATS + ("int32", "bool"), None, required=False),),
            (FieldSpec("params_version", "int"), FieldSpec("learner_step", "int", required=False),
-            FieldSpec("algo", "str", required=False))),
+            FieldSpec("algo", "str", required=False), FieldSpec("min_data_version", "int", required=False))),
     Schema("Heartbeat", 1, (), (FieldSpec("component", "str"), FieldSpec("status", "str"),
                                 FieldSpec("time_s", "float"), FieldSpec("uptime_s", "float", required=False))),
     Schema("Control", 1, (), (FieldSpec("command", "str"), FieldSpec("control_version", "int"),

@@ -294,6 +294,39 @@ def test_full_replay_blocks_on_the_learners_credit_instead_of_spinning(tmp_path)
   rt.ctx.term()
 
 
+def test_replay_masks_data_acted_before_a_warm_start(tmp_path):
+  """A fine-tuning learner publishes its warm start as version 1 with min_data_version 1: an item acted with the
+  random version 0 (a simulator that had not yet received those params) goes out masked, counted apart from
+  staleness, although it is well within max_staleness_versions."""
+  from services.replay import config as replay_config
+
+  t, b, f = 3, 2, 4
+
+  def traj(version):
+    return schemas.make("Trajectory", "sim", 0, params_version=version, env_steps=6, arrays={
+        "obs/flat": np.full((t, b, f), version, np.float32), "action": np.zeros((t, b), np.int32),
+        "reward": np.zeros((t, b), np.float32), "done": np.zeros((t, b), bool), "valid": np.ones((t, b), bool)})
+
+  params = type("Params", (), {"fields": {"params_version": 1, "min_data_version": 1}})()
+  trajs = iter([traj(0), traj(1)])
+  sent = []
+  links = replay_service.Links(
+      trajectories=_Fake(recv=lambda timeout_s: next(trajs, None)), params=_Fake(poll=lambda timeout_s: params),
+      samples=_Fake(wait_credit=lambda timeout_s: True, send_fields=lambda schema, **kw: sent.append(kw) or True),
+      expert=_Fake(recv=lambda timeout_s: None))
+  rt = runtime.Runtime("replay", runtime.CommonConfig(metrics_port=0, run_dir=str(tmp_path)))
+  replay = replay_service.Replay(replay_config.ReplayConfig(capacity=2, sample_items=2, max_staleness_versions=8),
+                                 rt, links)
+  for _ in range(4):
+    replay.run_once()
+  valid = sent[0]["arrays"]["valid"]
+  version = sent[0]["arrays"]["obs/flat"][..., 0]
+  np.testing.assert_array_equal(valid, version >= 1)
+  assert rt.registry.get_sample_value("drivelab_dropped_total", {"what": "before_warm_start"}) == 1.0
+  assert rt.registry.get_sample_value("drivelab_dropped_total", {"what": "stale_item"}) == 0.0
+  rt.ctx.term()
+
+
 @pytest.mark.parametrize("items", [2, 1])
 def test_replay_masks_stale_items_and_keeps_an_arena_batch_one_frame(tmp_path, items):
   """Items older than the newest params by more than max_staleness_versions go out with valid = False (counted);

@@ -188,8 +188,12 @@ def _bc_checkpoint(pn, run_dir, scale=0.05):
 def test_init_from_starts_from_the_bc_checkpoint_and_carries_its_logits(pn, tmp_path):
   bc_params = _bc_checkpoint(pn, tmp_path / "bc")
   cfg = dataclasses.replace(CFG, init_from=str(tmp_path / "bc"), ref_kl_coef=0.5)
-  lrn, _ = _learner(pn, tmp_path / "ppo", cfg)
-  assert lrn.version == 0  # a fresh run from those params, not a resume of the BC run
+  lrn, pub = _learner(pn, tmp_path / "ppo", cfg)
+  # a fresh run from those params, not a resume of the BC run: version 1 (0 is every process's own random init),
+  # and data collected with older params is not to be learned from
+  assert (lrn.version, lrn.min_data_version) == (1, 1)
+  lrn._publish()
+  assert (pub.msgs[-1].fields["params_version"], pub.msgs[-1].fields["min_data_version"]) == (1, 1)
   got = lrn.params_flat()
   for k, v in policy_net.to_flat(bc_params).items():
     np.testing.assert_array_equal(got[k], v, err_msg=k)
@@ -205,6 +209,11 @@ def test_init_from_starts_from_the_bc_checkpoint_and_carries_its_logits(pn, tmp_
     assert a.shape == (T, B, b.shape[-1])
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   assert algo_lib.make(pn, "ppo", CFG).prepare(arrays).ref_logits is None  # no reference: no logits
+  # the floor survives a restart: the resumed learner still tells replay to drop version-0 data
+  lrn.save()
+  resumed, _ = _learner(pn, tmp_path / "ppo", cfg)
+  assert (resumed.version, resumed.min_data_version) == (1, 1)
+  resumed.rt.ctx.term()
   for lrn_ in (lrn, again):
     lrn_.rt.ctx.term()
 
