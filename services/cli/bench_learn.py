@@ -380,8 +380,9 @@ def table2_markdown(result: dict) -> str:
   syn = result.get("synthetic")
   if syn:
     reached = syn.get("reached")
-    out += [f"Synthetic, PPO from scratch, all vehicles: target (held-out goal >= "
-            f"{syn['target']['goal_rate']:.0%}, collision + off-road <= {syn['target']['max_collision_plus_offroad']:.0%})"
+    target = syn["target"]
+    out += [f"Synthetic, PPO from scratch, all vehicles: target (held-out goal >= {target['goal_rate']:.0%}, "
+            f"collision + off-road <= {target['max_collision_plus_offroad']:.0%})"
             + (f" reached at {reached['agent_steps']:,} agent steps, {reached['wall_s']} s." if reached else
                f" not reached in {syn['agent_steps']:,} agent steps."), ""]
   cols = [("failure", "failure")] + [(k, k.replace("_", " ")) for k in TABLE2[1:]] + [("progress_ratio", "progress")]

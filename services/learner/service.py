@@ -14,8 +14,9 @@ key. run_dir/policy.json says how to rebuild the network (what `drivelab eval` r
 Fine-tuning: `--init-from DIR` (a BC run's checkpoints/bc, or its run_dir) starts from that checkpoint's params,
 which are then version 1, published at start with min_data_version 1: actors that act before receiving them use
 version 0 (PolicyNet.init_flat, random), and replay masks what they collected (dropped{what="before_warm_start"})
-instead of the learner fine-tuning the BC policy on a random policy's data (the floor is kept in checkpoints); `--ref-kl-coef C` (PPO) adds C * KL(pi_init || pi) to the loss,
-the reference logits computed per batch by one forward pass of the frozen init params (as the fused path does).
+instead of the learner fine-tuning the BC policy on a random policy's data (the floor is kept in checkpoints);
+`--ref-kl-coef C` (PPO) adds C * KL(pi_init || pi) to the loss, the reference logits computed per batch by one
+forward pass of the frozen init params (as the fused path does).
 Scale-out: `--num-processes N --process-id I --coordinator HOST:PORT` joins N learners (each with its own replay)
 through jax.distributed; the update then averages gradients over every process's devices.
 Metrics: drivelab_learner_loss{name}, params_version, params_version_lag, drivelab_learner_updates_total,

@@ -158,8 +158,9 @@ def test_wilson_interval_reference_values():
 
 
 def test_failure_attribution_partner_rear_end_and_after_goal():
-  """Object 0 (controlled) is run into from behind by object 1 (replayed, 2 m/s faster) at step 5; controlled objects 2 and 3 (3
-  ahead of 2) collide at step 2; object 4 reaches its goal at step 3 and leaves its route at step 6."""
+  """Object 0 (controlled) is run into from behind by object 1 (replayed, 2 m/s faster) at step 5; controlled
+  objects 2 and 3 (3 ahead of 2) collide at step 2; object 4 reaches its goal at step 3 and leaves its route at
+  step 6."""
   sc = _scene()
   sc = sc.replace(objects=sc.objects.replace(length=np.full(O, 4.5, np.float32), width=np.full(O, 2.0, np.float32)))
   s = np.arange(S, dtype=np.float32)[:, None]
