@@ -98,14 +98,16 @@ def scrape_metrics(port: int, timeout_s: float = 0.5) -> dict[str, float]:
       text = r.read().decode()
   except OSError:
     return {}
+  from prometheus_client.parser import text_string_to_metric_families
+
   out = {}
-  for line in text.splitlines():
-    if line and not line.startswith("#"):
-      name, _, value = line.rpartition(" ")
-      try:
-        out[name] = float(value)
-      except ValueError:
-        pass
+  try:
+    for family in text_string_to_metric_families(text):
+      for sample in family.samples:  # keyed as exposed: name{label="value",...}, labels in their exposed order
+        labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+        out[sample.name + (f"{{{labels}}}" if labels else "")] = float(sample.value)
+  except ValueError:  # a torn or foreign page: what parsed so far
+    pass
   return out
 
 

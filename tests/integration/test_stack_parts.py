@@ -294,31 +294,42 @@ def test_full_replay_blocks_on_the_learners_credit_instead_of_spinning(tmp_path)
   rt.ctx.term()
 
 
-def test_replay_masks_data_acted_before_a_warm_start(tmp_path):
-  """A fine-tuning learner publishes its warm start as version 1 with min_data_version 1: an item acted with the
-  random version 0 (a simulator that had not yet received those params) goes out masked, counted apart from
-  staleness, although it is well within max_staleness_versions."""
+T_, B_, F_ = 3, 2, 4  # the replay tests' Trajectory shape: steps, agents, features
+
+
+def _versioned_traj(version: int) -> codec.Message:
+  """A Trajectory acted with params `version`, its observations filled with that version (to tell columns apart)."""
+  t, b, f = T_, B_, F_
+  return schemas.make("Trajectory", "sim", 0, params_version=version, env_steps=6, arrays={
+      "obs/flat": np.full((t, b, f), version, np.float32), "action": np.zeros((t, b), np.int32),
+      "reward": np.zeros((t, b), np.float32), "done": np.zeros((t, b), bool), "valid": np.ones((t, b), bool)})
+
+
+def _replay_run(tmp_path, params_fields: dict, versions: list[int], items: int):
+  """A Replay (capacity 2, max_staleness_versions 8) fed Trajectories of `versions` under the newest Params
+  `params_fields`, run 4 times; returns (the ReplayBatch fields sent, its Runtime)."""
   from services.replay import config as replay_config
 
-  t, b, f = 3, 2, 4
-
-  def traj(version):
-    return schemas.make("Trajectory", "sim", 0, params_version=version, env_steps=6, arrays={
-        "obs/flat": np.full((t, b, f), version, np.float32), "action": np.zeros((t, b), np.int32),
-        "reward": np.zeros((t, b), np.float32), "done": np.zeros((t, b), bool), "valid": np.ones((t, b), bool)})
-
-  params = type("Params", (), {"fields": {"params_version": 1, "min_data_version": 1}})()
-  trajs = iter([traj(0), traj(1)])
+  params = type("Params", (), {"fields": params_fields})()
+  trajs = iter([_versioned_traj(v) for v in versions])
   sent = []
   links = replay_service.Links(
       trajectories=_Fake(recv=lambda timeout_s: next(trajs, None)), params=_Fake(poll=lambda timeout_s: params),
       samples=_Fake(wait_credit=lambda timeout_s: True, send_fields=lambda schema, **kw: sent.append(kw) or True),
       expert=_Fake(recv=lambda timeout_s: None))
   rt = runtime.Runtime("replay", runtime.CommonConfig(metrics_port=0, run_dir=str(tmp_path)))
-  replay = replay_service.Replay(replay_config.ReplayConfig(capacity=2, sample_items=2, max_staleness_versions=8),
+  replay = replay_service.Replay(replay_config.ReplayConfig(capacity=2, sample_items=items, max_staleness_versions=8),
                                  rt, links)
   for _ in range(4):
     replay.run_once()
+  return sent, rt
+
+
+def test_replay_masks_data_acted_before_a_warm_start(tmp_path):
+  """A fine-tuning learner publishes its warm start as version 1 with min_data_version 1: an item acted with the
+  random version 0 (a simulator that had not yet received those params) goes out masked, counted apart from
+  staleness, although it is well within max_staleness_versions."""
+  sent, rt = _replay_run(tmp_path, {"params_version": 1, "min_data_version": 1}, [0, 1], items=2)
   valid = sent[0]["arrays"]["valid"]
   version = sent[0]["arrays"]["obs/flat"][..., 0]
   np.testing.assert_array_equal(valid, version >= 1)
@@ -332,28 +343,11 @@ def test_replay_masks_stale_items_and_keeps_an_arena_batch_one_frame(tmp_path, i
   """Items older than the newest params by more than max_staleness_versions go out with valid = False (counted);
   fresh items keep their valid. With 2 items per batch the mask is written into the batch's arena in place, so the
   ReplayBatch still encodes as header + one frame; with 1 item (views of the table) it is masked by a copy."""
-  from services.replay import config as replay_config
   from shared.wire import arena as arena_lib
 
-  t, b, f = 3, 2, 4
-
-  def traj(version):
-    return schemas.make("Trajectory", "sim", 0, params_version=version, env_steps=6, arrays={
-        "obs/flat": np.full((t, b, f), version, np.float32), "action": np.zeros((t, b), np.int32),
-        "reward": np.zeros((t, b), np.float32), "done": np.zeros((t, b), bool), "valid": np.ones((t, b), bool)})
-
-  params = type("Params", (), {"fields": {"params_version": 10}})()  # the newest params: version 10
-  trajs = iter([traj(0), traj(5)])  # 0 < 10 - 8: stale; 5: fresh
-  sent = []
-  links = replay_service.Links(
-      trajectories=_Fake(recv=lambda timeout_s: next(trajs, None)), params=_Fake(poll=lambda timeout_s: params),
-      samples=_Fake(wait_credit=lambda timeout_s: True, send_fields=lambda schema, **kw: sent.append(kw) or True),
-      expert=_Fake(recv=lambda timeout_s: None))
-  rt = runtime.Runtime("replay", runtime.CommonConfig(metrics_port=0, run_dir=str(tmp_path)))
-  replay = replay_service.Replay(replay_config.ReplayConfig(capacity=2, sample_items=items, max_staleness_versions=8),
-                                 rt, links)
-  for _ in range(4):
-    replay.run_once()
+  t, b = T_, B_
+  # the newest params: version 10; 0 < 10 - 8: stale; 5: fresh
+  sent, rt = _replay_run(tmp_path, {"params_version": 10}, [0, 5], items)
   assert len(sent) == 2 // items
   valid = np.concatenate([kw["arrays"]["valid"] for kw in sent], axis=1)  # (T, 2 * B): both items, in send order
   version = np.concatenate([kw["arrays"]["obs/flat"][..., 0] for kw in sent], axis=1)  # each column's item
