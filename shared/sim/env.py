@@ -193,7 +193,7 @@ def reset(scenario: Scenario, rng, cfg: EnvConfig = EnvConfig()) -> SimState:
                    controlled=controlled, done=jnp.zeros(O, bool), goal_reached=jnp.zeros(O, bool),
                    road_candidates=jnp.zeros((O, cfg.num_road_candidates), jnp.int32), rng=rng,
                    road_index=geometry.build_road_index(scenario.roads),
-                   path_end=geometry.log_path_end(scenario.objects))
+                   path_end=geometry.log_path_end(scenario.objects, scenario.roads))
   return refresh_candidates(state, cfg)
 
 

@@ -12,9 +12,10 @@ signals and the evaluator alike. Definitions:
     Waymax's convention); road_edge_distance_m is the largest corner value (positive = outside). Candidates that
     are far from the object (stale: it was not valid at the last refresh) are not trusted: offroad is False then.
   offroute / route_distance_m: distance to the object's own logged path above `offroute_distance_m`; the path goes
-    on past the log's end along its last direction (geometry.project_on_log_path), so driving on is not off-route.
+    on past the log's end along the lanes that carry on from there, else straight (geometry.log_path_end,
+    project_on_log_path), so driving on along the road is not off-route.
   goal_reached: centre within `goal_radius_m` of (goal_x, goal_y) (GPUDrive: 2 m).
-  progress_m: arc length of the logged path (extended past its end) at the projection of the current position.
+  progress_m: arc length of the logged path (continued past its end) at the projection of the current position.
   red_light_run: the centre's move prev -> state crosses a light's stop line (a segment of 2 x
     `stop_line_half_width_m` through the stop point, across the lane's direction, taken from the road candidate
     of that lane nearest the stop point, else the object's heading) forwards while the light is in a stop state,

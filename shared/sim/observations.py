@@ -15,8 +15,9 @@ Per ego (O, ... or M, ...), all positions and directions rotated into the object
     two stop signs, the rest the nearest other points (lanes, lines, crosswalks); x, y, direction cos and sin,
     class one-hot (ROAD_CLASSES).
   route (O, num_route_points, 2) + route_mask: the object's own logged positions every `route_stride` steps after
-    its nearest logged point; past the end of its log, points on the log's last direction (geometry.log_path_end,
-    one mean logged step length apart); masked only in gaps of the log and for paths that never move (masked
+    its nearest logged point; past the end of its log, points on its continuation (geometry.log_path_end: along
+    the lanes that carry on, else straight), one mean logged step length apart, ahead of the continuation segment
+    the object is on once it is past the end; masked only in gaps of the log and for paths that never move (masked
     points hold the goal).
   light (O, LIGHT_FEATURES): the nearest traffic-light stop point ahead: present, x, y, state one-hot (stop,
     caution, go, unknown).
@@ -247,23 +248,29 @@ def _route(state: SimState, e: _Egos, cfg: ObsConfig, nearest=None):
   """Logged-route points ahead (M, num_route_points, 2); nearest: the egos' nearest logged step (M,) when the
   caller already projected them on their paths (the env shares it with the metrics)."""
   log = jax.tree.map(lambda a: a[e.rows], state.scenario.objects)
-  T = log.x.shape[1]
   end = geometry.log_path_end(log) if state.path_end is None else jax.tree.map(lambda a: a[e.rows], state.path_end)
   if nearest is None:
     _, _, nearest = geometry.project_on_log_path(log, e.x, e.y, end)
-  ahead = nearest[:, None] + cfg.route_stride * jnp.arange(1, cfg.num_route_points + 1)  # (M, P) logged steps
+  T = log.x.shape[1]
+  strides = cfg.route_stride * jnp.arange(1, cfg.num_route_points + 1)
+  on_log = nearest < T
+  ahead = jnp.minimum(nearest, T - 1)[:, None] + strides  # (M, P) logged steps
   steps = jnp.minimum(ahead, T - 1)
   take = lambda a: jnp.take_along_axis(a, steps, 1)
-  logged = take(log.valid) & (ahead < T)
-  # Past the log's last valid step the route goes on along geometry.log_path_end's ray (as the off-route metric
-  # and the progress ratio see it), one mean logged step length per step; paths that never move have no ray.
-  beyond = jnp.maximum(ahead - end.last_valid[:, None], 0).astype(jnp.float32) * end.step_m[:, None]
-  ray = (ahead > end.last_valid[:, None]) & (end.last >= 0)[:, None]
+  logged = on_log[:, None] & take(log.valid) & (ahead < T)
+  # Past the log's last valid step the route goes on along its continuation (geometry.log_path_end: along the
+  # lanes that carry on, else straight; as the off-route metric sees it), one mean logged step length per step.
+  # An ego already on the continuation (nearest = T + k: its segment k) gets points ahead of that segment's start.
+  _, _, _, _, arc0 = geometry.continuation_segments(end)
+  seg_arc = jnp.take_along_axis(arc0, jnp.clip(nearest - T, 0, arc0.shape[1] - 1)[:, None], 1)
+  beyond = jnp.where(on_log[:, None], jnp.maximum(ahead - end.last_valid[:, None], 0).astype(jnp.float32),
+                     strides.astype(jnp.float32)) * end.step_m[:, None]
+  beyond = beyond + jnp.where(on_log[:, None], 0.0, seg_arc)
+  ray = ~logged & (end.last >= 0)[:, None] & ((ahead > end.last_valid[:, None]) | ~on_log[:, None])
   mask = logged | ray
-  px = jnp.where(logged, take(log.x), jnp.where(ray, end.x[:, None] + end.dir_x[:, None] * beyond,
-                                                log.goal_x[:, None]))
-  py = jnp.where(logged, take(log.y), jnp.where(ray, end.y[:, None] + end.dir_y[:, None] * beyond,
-                                                log.goal_y[:, None]))
+  cx, cy = geometry.continuation_at(end, beyond)
+  px = jnp.where(logged, take(log.x), jnp.where(ray, cx, log.goal_x[:, None]))
+  py = jnp.where(logged, take(log.y), jnp.where(ray, cy, log.goal_y[:, None]))
   rx, ry = _to_ego(px - e.x[:, None], py - e.y[:, None], e.cos[:, None], e.sin[:, None])
   return jnp.stack([_pos(rx, cfg), _pos(ry, cfg)], -1), mask
 

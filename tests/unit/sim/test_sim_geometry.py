@@ -146,7 +146,7 @@ def test_log_path_continues_past_its_end_along_its_last_moving_segment():
   tr = _tracks(np.zeros(11), y, valid)
   d, arc, step = geometry.project_on_log_path(tr, jnp.asarray([0.7]), jnp.asarray([9.0]))
   assert float(d[0]) == pytest.approx(0.7, abs=1e-6) and float(arc[0]) == pytest.approx(9.0, abs=1e-5)
-  assert int(step[0]) == 4  # the segment 4 -> 5, extended
+  assert int(step[0]) == 11  # T + 0: the continuation's first segment, from the end (0, 5) straight on
   # Behind the start there is no extension: the distance is to the first point.
   d, arc, _ = geometry.project_on_log_path(tr, jnp.asarray([0.0]), jnp.asarray([-3.0]))
   assert float(d[0]) == pytest.approx(3.0, abs=1e-6) and float(arc[0]) == pytest.approx(0.0, abs=1e-6)
@@ -158,6 +158,62 @@ def test_log_path_continues_past_its_end_along_its_last_moving_segment():
   parked = _tracks(np.full(11, 2.0), np.zeros(11), valid)
   d, _, _ = geometry.project_on_log_path(parked, jnp.asarray([6.0]), jnp.asarray([0.0]))
   assert float(d[0]) == pytest.approx(4.0, abs=1e-6) and int(geometry.log_path_end(parked).last[0]) == -1
+
+
+def _lane_roads():
+  """Lane centre lines (0.5 m apart, as WOMD's): element 1 along +y at x = 0.8 from (0.8, 0) to (0.8, 20); element
+  2 a quarter circle of radius 10 turning right from (0.8, 20) to (10.8, 30); element 3 along +x from (10.8, 30) to
+  (40.8, 30); element 4 an oncoming lane (-y) at x = -0.3, nearer to the log than element 1; a road edge at x = 3."""
+  s = np.arange(0, 20.01, 0.5)
+  a = np.arange(0, np.pi / 2 + 1e-6, 0.05)
+  e3 = np.arange(0.5, 30.01, 0.5)
+  xs = [np.full(s.size, 0.8), 10.8 - 10 * np.cos(a), 10.8 + e3, np.full(s.size, -0.3), np.full(s.size, 3.0)]
+  ys = [s, 20 + 10 * np.sin(a), np.full(e3.size, 30.0), s[::-1] + 5, s]
+  dirs = [(np.zeros(s.size), np.ones(s.size)), (np.sin(a), np.cos(a)), (np.ones(e3.size), np.zeros(e3.size)),
+          (np.zeros(s.size), -np.ones(s.size)), (np.zeros(s.size), np.ones(s.size))]
+  kinds = [types.MAP_LANE_SURFACE_STREET] * 4 + [types.MAP_ROAD_EDGE_BOUNDARY]
+  cat = lambda parts: jnp.asarray(np.concatenate(parts), jnp.float32)
+  n = sum(x.size for x in xs)
+  return types.RoadPoints(
+      x=cat(xs), y=cat(ys), dir_x=cat([d[0] for d in dirs]), dir_y=cat([d[1] for d in dirs]),
+      map_type=jnp.asarray(np.concatenate([np.full(x.size, k) for x, k in zip(xs, kinds)]), jnp.int32),
+      element_id=jnp.asarray(np.concatenate([np.full(x.size, i + 1) for i, x in enumerate(xs)]), jnp.int32),
+      valid=jnp.ones(n, bool))
+
+
+def test_log_path_continues_along_the_lanes_past_its_end():
+  # The log drives along +y from (0.6, 0) to (0.6, 5) in steps 0..5, then its log ends. Past the end the route
+  # follows the lanes that carry on (elements 1, 2, 3: straight, a right turn, then +x), not the oncoming lane
+  # (element 4, nearer to the log but heading the other way) and not straight on.
+  valid = np.arange(11) < 6
+  tr = _tracks(np.full(11, 0.6), np.minimum(np.arange(11), 5.0), valid)
+  end = geometry.log_path_end(tr, _lane_roads())
+  ext = np.stack([np.asarray(end.ext_x[0]), np.asarray(end.ext_y[0])], -1)
+  assert np.all(ext[:3, 0] == pytest.approx(0.8, abs=1e-5))  # on element 1, not the oncoming lane at -0.3
+  # A car that took the turn and drives along +x at y = 30.4 is 0.4 m from its route, which goes on along the
+  # lanes: arc length 5 (log) + ~15 (element 1) + ~15.7 (the quarter circle) + ~14.2 along element 3.
+  d, arc, step = geometry.project_on_log_path(tr, jnp.asarray([25.0]), jnp.asarray([30.4]), end)
+  assert float(d[0]) == pytest.approx(0.4, abs=0.05) and int(step[0]) >= 11
+  assert float(arc[0]) == pytest.approx(5 + 15 + 5 * np.pi + 14.2, abs=0.5)
+  # The straight continuation (no roads given) would put that car 20 m off its route.
+  d_straight, _, _ = geometry.project_on_log_path(tr, jnp.asarray([25.0]), jnp.asarray([30.4]))
+  assert float(d_straight[0]) > 20.0
+  # Past the last lane (element 3 ends at x = 40.8) the route goes straight on along +x.
+  d, _, _ = geometry.project_on_log_path(tr, jnp.asarray([80.0]), jnp.asarray([30.0]), end)
+  assert float(d[0]) == pytest.approx(0.0, abs=1e-3)
+  np.testing.assert_allclose([float(end.ext_dir_x[0]), float(end.ext_dir_y[0])], [1.0, 0.0], atol=1e-5)
+  # Points along the continuation: 10 m in is on element 1 (x = 0.8), 40 m in is on element 3 (y = 30).
+  cx, cy = geometry.continuation_at(end, jnp.asarray([[10.0, 40.0]]))
+  assert float(cx[0, 0]) == pytest.approx(0.8, abs=0.05) and float(cy[0, 1]) == pytest.approx(30.0, abs=0.05)
+
+
+def test_end_direction_ignores_a_stopping_cars_last_jitter():
+  # A car drives +x, then creeps 1 cm sideways as it stops: the direction driven is still +x.
+  x = np.array([0, 1, 2, 3, 4, 5, 5.0, 5.0, 5.0, 5.0, 5.0])
+  y = np.array([0, 0, 0, 0, 0, 0, 0.01, 0.01, 0.01, 0.01, 0.01])
+  end = geometry.log_path_end(_tracks(x, y, np.ones(11, bool)))
+  assert int(end.last[0]) == 5  # the 1 cm segment 5 -> 6 is the last one of positive length
+  assert float(end.dir_x[0]) == pytest.approx(1.0, abs=1e-3) and abs(float(end.dir_y[0])) < 0.01
 
 
 @pytest.fixture(scope="module")
