@@ -307,8 +307,9 @@ def _last_moving(seg):
 # Lane continuation past a logged path's end (log_path_end with roads): hops along lane centre lines.
 LANE_TYPES = (types.MAP_LANE_UNDEFINED, types.MAP_LANE_FREEWAY, types.MAP_LANE_SURFACE_STREET)  # not bike lanes
 CONT_HOPS = 3  # lane elements followed (each hop: snap onto a lane, then follow that element to its end)
-CONT_POINTS = 16  # points per hop
-CONT_STRIDE = 8  # lane points between them (WOMD lane points are 0.5 m apart: 4 m, so a hop covers <= 64 m)
+CONT_POINTS = 8  # points per hop
+CONT_STRIDE = 16  # lane points between them (WOMD lane points are 0.5 m apart: 8 m chords, <= 0.8 m off a
+# 10 m-radius turn; a hop covers <= 64 m)
 CONT_SNAP_M = 2.5  # a lane point within this distance of the query (ahead of the end) can be snapped to
 CONT_COS = 0.8  # ... if its direction is within about 37 degrees of the direction driven
 CONT_AHEAD_M = 1.0  # queries sit this far ahead of the point reached, along the direction driven

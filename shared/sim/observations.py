@@ -16,8 +16,8 @@ Per ego (O, ... or M, ...), all positions and directions rotated into the object
     class one-hot (ROAD_CLASSES).
   route (O, num_route_points, 2) + route_mask: the object's own logged positions every `route_stride` steps after
     its nearest logged point; past the end of its log, points on its continuation (geometry.log_path_end: along
-    the lanes that carry on, else straight), one mean logged step length apart, ahead of the continuation segment
-    the object is on once it is past the end; masked only in gaps of the log and for paths that never move (masked
+    the lanes that carry on, else straight), one mean logged step length apart (ahead of the object's own
+    projection once it is past the end); masked only in gaps of the log and for paths that never move (masked
     points hold the goal).
   light (O, LIGHT_FEATURES): the nearest traffic-light stop point ahead: present, x, y, state one-hot (stop,
     caution, go, unknown).
@@ -260,12 +260,15 @@ def _route(state: SimState, e: _Egos, cfg: ObsConfig, nearest=None):
   logged = on_log[:, None] & take(log.valid) & (ahead < T)
   # Past the log's last valid step the route goes on along its continuation (geometry.log_path_end: along the
   # lanes that carry on, else straight; as the off-route metric sees it), one mean logged step length per step.
-  # An ego already on the continuation (nearest = T + k: its segment k) gets points ahead of that segment's start.
-  _, _, _, _, arc0 = geometry.continuation_segments(end)
-  seg_arc = jnp.take_along_axis(arc0, jnp.clip(nearest - T, 0, arc0.shape[1] - 1)[:, None], 1)
-  beyond = jnp.where(on_log[:, None], jnp.maximum(ahead - end.last_valid[:, None], 0).astype(jnp.float32),
-                     strides.astype(jnp.float32)) * end.step_m[:, None]
-  beyond = beyond + jnp.where(on_log[:, None], 0.0, seg_arc)
+  # An ego already on the continuation (nearest = T + k: its segment k) gets points ahead of its own projection.
+  ax, ay, bx, by, arc0 = geometry.continuation_segments(end)
+  k = jnp.clip(nearest - T, 0, arc0.shape[1] - 1)[:, None]
+  pick = lambda a: jnp.take_along_axis(a, k, 1)[:, 0]
+  t_max = jnp.where(k[:, 0] == arc0.shape[1] - 1, jnp.inf, 1.0)  # the last segment is a ray
+  _, u = geometry.point_segment_distance(e.x, e.y, pick(ax), pick(ay), pick(bx), pick(by), t_max)
+  ego_beyond = pick(arc0) + u * jnp.hypot(pick(bx) - pick(ax), pick(by) - pick(ay))
+  beyond = jnp.where(on_log[:, None], jnp.maximum(ahead - end.last_valid[:, None], 0).astype(jnp.float32)
+                     * end.step_m[:, None], ego_beyond[:, None] + strides.astype(jnp.float32) * end.step_m[:, None])
   ray = ~logged & (end.last >= 0)[:, None] & ((ahead > end.last_valid[:, None]) | ~on_log[:, None])
   mask = logged | ray
   cx, cy = geometry.continuation_at(end, beyond)

@@ -129,11 +129,11 @@ def test_observe_controlled_fills_controlled_rows_only(obs):
 def test_route_past_the_log_end_lies_ahead_of_the_ego():
   # The ego's log ends at (0, 20) (5 m per step). Driving on to (0, 41), 21 m past that end, its route points must
   # lie ahead of it on the continuation (straight on here: the lane at x = 3 is too far aside to snap onto), one
-  # mean logged step (5 m) apart from the start of the continuation segment it is on, (0, 40): 4, 9, 14, 19 m ahead.
-  # (Before the continuation was indexed, the points were measured from the log's end, behind the ego.)
+  # mean logged step (5 m) apart from its own projection: 5, 10, 15, 20 m ahead. (Before the continuation was
+  # indexed, the points were measured from the log's end, behind the ego.)
   state = build_state()
   state = state.replace(objects=state.objects.replace(y=state.objects.y.at[0].set(41.0)),
                         path_end=geometry.log_path_end(state.scenario.objects, state.scenario.roads))
   obs = jax.jit(lambda s: observations.observe(s, CFG))(state)
-  np.testing.assert_allclose(np.asarray(obs.route[0]), [[0.08, 0], [0.18, 0], [0.28, 0], [0.38, 0]], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(obs.route[0]), [[0.1, 0], [0.2, 0], [0.3, 0], [0.4, 0]], atol=1e-5)
   np.testing.assert_array_equal(np.asarray(obs.route_mask[0]), [True, True, True, True])
