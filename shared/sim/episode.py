@@ -77,7 +77,7 @@ class EpisodeMetrics:
     moving: bool, logged speed > moving_speed_mps at some step.
     failure, collision, offroad, offroute, crash, goal_reached, red_light_run, stop_line_violation: bool, at any step.
     offroad_steps: int32, steps spent off-road.
-    first_crash_step, goal_step: int32 sim-step index of the first crash / goal (S when never).
+    first_crash_step, goal_step: int32 sim-step index of the first crash / goal (S when never, or not evaluated).
     episodic_reward: float32 in {-1, 0, 1}.
     progress_m: float32 arc length of the final position along the logged path.
     path_m: float32 logged path length from init_step.
@@ -232,8 +232,9 @@ def episode_metrics(metrics, objects, evaluated, scenario, cfg: EpisodeConfig = 
       evaluated=ev, moving=moving & ev, failure=any_(crash_t | offroute), collision=any_(overlap),
       offroad=any_(offroad), offroute=any_(offroute), crash=any_(crash_t), goal_reached=(goal_step < S) & ev,
       red_light_run=any_(flag(metrics.red_light_run)), stop_line_violation=any_(flag(metrics.stop_line_violation)),
-      offroad_steps=jnp.sum(offroad, axis=0).astype(jnp.int32) * ev, first_crash_step=first_crash.astype(jnp.int32),
-      goal_step=goal_step.astype(jnp.int32), episodic_reward=(reward * ev).astype(jnp.float32),
+      offroad_steps=jnp.sum(offroad, axis=0).astype(jnp.int32) * ev,
+      first_crash_step=jnp.where(ev, first_crash, S).astype(jnp.int32),
+      goal_step=jnp.where(ev, goal_step, S).astype(jnp.int32), episodic_reward=(reward * ev).astype(jnp.float32),
       progress_m=progress.astype(jnp.float32), path_m=path.astype(jnp.float32),
       progress_ratio=jnp.where(valid_path, progress / jnp.maximum(path, 1e-6), 0.0).astype(jnp.float32),
       progress_valid=valid_path & ev, ade_m=ade.astype(jnp.float32), fde_m=fde.astype(jnp.float32),
