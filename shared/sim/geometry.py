@@ -339,10 +339,10 @@ class PathEnd:
   dir_x: Any
   dir_y: Any
   step_m: Any
-  ext_x: Any = None
-  ext_y: Any = None
-  ext_dir_x: Any = None
-  ext_dir_y: Any = None
+  ext_x: Any
+  ext_y: Any
+  ext_dir_x: Any
+  ext_dir_y: Any
 
 
 def _end_direction(objects: types.ObjectTracks, ex, ey, last, fallback):
@@ -470,7 +470,7 @@ def project_on_log_path(objects: types.ObjectTracks, x, y, end: PathEnd | None =
   chex.assert_rank([objects.x, x], [2, 1])
   ax, ay, bx, by, seg, _ = _log_segments(objects)
   T = seg.shape[1]
-  end = log_path_end(objects) if end is None or end.ext_x is None else end
+  end = log_path_end(objects) if end is None else end
   cax, cay, cbx, cby, carc0 = continuation_segments(end)
   K1 = cax.shape[1]
   ray = jnp.where(jnp.arange(K1) == K1 - 1, jnp.inf, 1.0)
