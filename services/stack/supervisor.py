@@ -25,6 +25,8 @@ import threading
 import time
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from services.common import runtime
 from shared.telemetry import metrics as tm
 
@@ -98,8 +100,6 @@ def scrape_metrics(port: int, timeout_s: float = 0.5) -> dict[str, float]:
       text = r.read().decode()
   except OSError:
     return {}
-  from prometheus_client.parser import text_string_to_metric_families
-
   out = {}
   try:
     for family in text_string_to_metric_families(text):

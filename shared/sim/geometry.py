@@ -360,6 +360,12 @@ def _end_direction(objects: types.ObjectTracks, ex, ey, last, fallback):
           jnp.where(ok, dy / jnp.maximum(norm, 1e-6), fallback[1]))
 
 
+def _straight(x, y, dx, dy, n: int):
+  """(x, y) (O, n): n points straight on from (x, y) along (dx, dy), one chord (CONT_STRIDE lane points) apart."""
+  s = jnp.arange(1, n + 1) * (CONT_STRIDE * 0.5)
+  return x[:, None] + dx[:, None] * s, y[:, None] + dy[:, None] * s
+
+
 def _lane_continuation(roads: types.RoadPoints, x, y, dx, dy, moving):
   """(ext_x, ext_y (O, K), dir_x, dir_y (O,)): the continuation from (x, y) driving along (dx, dy), by CONT_HOPS
   hops. A hop snaps onto the lane point nearest to CONT_AHEAD_M ahead (within CONT_SNAP_M, heading within
@@ -385,9 +391,8 @@ def _lane_continuation(roads: types.RoadPoints, x, y, dx, dy, moving):
     i0 = argmin_last(d)
     found = ok & jnp.isfinite(jnp.min(d, 1))
     j = jnp.minimum(i0[:, None] + step[None, :], elem_last[i0][:, None])  # (O, Q) lane points along the element
-    straight = jnp.arange(1, CONT_POINTS + 1) * (CONT_STRIDE * 0.5)
-    hx = jnp.where(found[:, None], roads.x[j], x[:, None] + dx[:, None] * straight)
-    hy = jnp.where(found[:, None], roads.y[j], y[:, None] + dy[:, None] * straight)
+    sx, sy = _straight(x, y, dx, dy, CONT_POINTS)
+    hx, hy = jnp.where(found[:, None], roads.x[j], sx), jnp.where(found[:, None], roads.y[j], sy)
     pts_x.append(hx)
     pts_y.append(hy)
     last_j = j[:, -1]
@@ -411,8 +416,7 @@ def log_path_end(objects: types.ObjectTracks, roads: types.RoadPoints | None = N
   dx, dy = _end_direction(objects, ex, ey, last, ((take(bx) - take(ax)) / length, (take(by) - take(ay)) / length))
   moving = last >= 0
   if roads is None:
-    straight = jnp.arange(1, CONT_HOPS * CONT_POINTS + 1) * (CONT_STRIDE * 0.5)
-    ext_x, ext_y = ex[:, None] + dx[:, None] * straight, ey[:, None] + dy[:, None] * straight
+    ext_x, ext_y = _straight(ex, ey, dx, dy, CONT_HOPS * CONT_POINTS)
     edx, edy = dx, dy
   else:
     ext_x, ext_y, edx, edy = _lane_continuation(roads, ex, ey, dx, dy, moving)
