@@ -178,7 +178,7 @@ class Replay:
     early = versions < self.min_data_version  # acted before a warm start's params arrived (random version 0)
     fresh = (versions >= self.newest_version - self.cfg.max_staleness_versions) & ~early
     if not fresh.all():
-      self.stale += int((~fresh).sum())
+      self.stale += int((~fresh & ~early).sum())
       self.rt.dropped.labels(what="stale_item").inc(int((~fresh & ~early).sum()))
       self.rt.dropped.labels(what="before_warm_start").inc(int(early.sum()))
       self.before_warm_start += int(early.sum())
