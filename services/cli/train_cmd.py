@@ -67,7 +67,7 @@ def register(subparsers) -> None:
                  help="train with the service stack (as `drivelab up` runs it) instead of the fused single process")
   p.add_argument("--simulators", type=int, default=2, help="--stack: simulator replicas")
   scenes_io.add_caps_arguments(p)
-  p.set_defaults(func=cmd_train, max_objects=32, max_road_points=3000)
+  p.set_defaults(func=cmd_train, max_objects=32, max_road_points=3000, lr_decay_iters=0)  # constant step size
 
 
 def load_scenes(scenes: str, num: int | None, seed: int, scene_cfg, vehicles: tuple[int, int] | None = None):
@@ -111,7 +111,8 @@ def fused_config(args, algo: str, env_cfg, ppo_loss=None):
   from shared.algos import bc_update, fused, ppo, ppo_update, training
 
   lr = args.lr if args.lr is not None else (3e-4 if algo == "ppo" else 1e-3)
-  opt = training.OptimizerConfig(learning_rate=lr)
+  # lr_decay_iters > 0: the step size decays (half cosine, to 0) over that many iterations' gradient steps
+  opt = training.OptimizerConfig(learning_rate=lr, decay_steps=args.lr_decay_iters * args.epochs * args.minibatches)
   return fused.FusedConfig(
       env=env_cfg, algo=algo, num_scenes=args.scenes_per_iter,
       ppo=ppo_update.PPOUpdateConfig(ppo=ppo_loss or ppo.PPOConfig(), optimizer=opt, num_epochs=args.epochs,

@@ -30,23 +30,39 @@ UpdateStep = Callable[["TrainingState", Batch], tuple["TrainingState", Metrics]]
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """Adam with gradient clipping.
+  """Adam with gradient clipping, at a constant step size or one that decays.
 
   Attributes:
     learning_rate: Adam step size (paper 002: 2e-3 for BC, 5.6e-5 for RL at its scale).
     max_grad_norm: global gradient-norm clip.
     adam_eps: Adam epsilon.
+    decay_steps: 0 (constant step size) or the number of gradient steps over which the step size falls along a
+      half cosine from `learning_rate` to `learning_rate * final_fraction`, where it then stays.
+    final_fraction: the decayed step size as a fraction of `learning_rate`.
   """
 
   learning_rate: float = 3e-4
   max_grad_norm: float = 0.5
   adam_eps: float = 1e-5
+  decay_steps: int = 0
+  final_fraction: float = 0.0
+
+  def __post_init__(self):
+    if self.decay_steps < 0 or not 0.0 <= self.final_fraction <= 1.0:
+      raise ValueError(f"OptimizerConfig: decay_steps must be >= 0 and final_fraction in [0, 1], got "
+                       f"{self.decay_steps} and {self.final_fraction}")
+
+  def schedule(self) -> float | optax.Schedule:
+    """The step size: a float when constant, else an optax schedule of the gradient-step count."""
+    if self.decay_steps == 0:
+      return self.learning_rate
+    return optax.cosine_decay_schedule(self.learning_rate, self.decay_steps, alpha=self.final_fraction)
 
 
 def make_optimizer(config: OptimizerConfig = OptimizerConfig()) -> optax.GradientTransformation:
   return optax.chain(
       optax.clip_by_global_norm(config.max_grad_norm),
-      optax.adam(config.learning_rate, eps=config.adam_eps),
+      optax.adam(config.schedule(), eps=config.adam_eps),
   )
 
 
