@@ -57,11 +57,13 @@ def settings(quick: bool) -> dict:
     return dict(num_timesteps=41, synth_scenes=48, synth_vehicles=(4, 10), max_objects=16, synth_budget_s=600,
                 held_out_fraction=0.25, eval_every=60, scenes_per_iter=4, bc_iters=300, lr_ppo=1e-3,
                 lr_bc=2e-3, lr_finetune=5.6e-5, net="tiny", ppo_agent_steps=240_000, select_every_steps=24_000,
-                bc_dagger=0.5, bc_dagger_ramp=100, bc_lr_decay=True, bc_agents="moving")
+                bc_dagger=0.5, bc_dagger_ramp=100, bc_lr_decay=True, bc_agents="moving", ppo_agents=None,
+                real_road_points=3000)
   return dict(num_timesteps=91, synth_scenes=64, synth_vehicles=(10, 28), max_objects=32, synth_budget_s=3600,
               held_out_fraction=0.25, eval_every=50, scenes_per_iter=8, bc_iters=1000, lr_ppo=3e-4,
               lr_bc=2e-3, lr_finetune=5.6e-5, net="small", ppo_agent_steps=4_000_000, select_every_steps=200_000,
-              bc_dagger=0.5, bc_dagger_ramp=300, bc_lr_decay=True, bc_agents="moving")
+              bc_dagger=0.5, bc_dagger_ramp=300, bc_lr_decay=True, bc_agents="moving", ppo_agents=None,
+              real_road_points=3000)
 
 
 # Paper 002's RL fine-tuning after BC (appendix E): clip 0.3, entropy 3e-2, lr 5.6e-5 (`lr_finetune`). Its value
@@ -220,7 +222,7 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
   from shared.scenes import types
   from shared.sim import rewards
 
-  caps = types.SceneConfig(max_objects=s["max_objects"], max_road_points=s.get("real_road_points", 3000))
+  caps = types.SceneConfig(max_objects=s["max_objects"], max_road_points=s["real_road_points"])
   scenes, metas, _ = train_cmd.load_scenes(real_dir, None, seed, caps)
   train_idx, held = evaluation.split_scenes(metas, 0.2, seed if split_seed is None else split_seed)
   train_scenes, held_scenes = [scenes[i] for i in train_idx], [scenes[i] for i in held]
@@ -249,7 +251,7 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
   # instead of the default +1 / -1 one.
   ppo_env = dc.replace(env_cfg, reward=rewards.RewardConfig.paper_002())
   # which vehicles each phase trains on (default: the ones scored)
-  bc_agents, ppo_agents = s.get("bc_agents") or agents, s.get("ppo_agents") or agents
+  bc_agents, ppo_agents = s["bc_agents"] or agents, s["ppo_agents"] or agents
   phase_env = lambda who: dc.replace(train_cmd.train_env_config(who, "drive-on"), reward=ppo_env.reward)
   bc_args = _args(s, bc_agents, lr=s["lr_bc"], scenes_per_iter=n, bc_dagger=s["bc_dagger"],
                   lr_decay_iters=s["bc_iters"] if s["bc_lr_decay"] else 0)
