@@ -30,9 +30,10 @@ from shared.wire import framing
 
 class ArenaBuffer(np.ndarray):
   """The uint8 buffer behind an Arena (a marker type: `codec.encode` recognises views of it by their `.base`).
-  `arena` is the Arena that owns it."""
+  `plan` is its layout. It holds no reference to its Arena or views: numpy does not show a view's `.base` to the
+  garbage collector, so buffer -> views -> buffer would be a cycle nothing frees (a replay leaked every batch so)."""
 
-  arena: "Arena"
+  plan: "Plan"
 
 
 class Arena:
@@ -51,13 +52,10 @@ class Arena:
       plan = _plan(key)
     self.plan = plan
     self.buffer = ArenaBuffer((plan.nbytes,), np.uint8)  # owns its memory: every view's .base is this very object
-    self.buffer.arena = self
+    self.buffer.plan = plan
     self.offsets = plan.offsets
     self.arrays = {name: np.ndarray(shape, dt, buffer=self.buffer, offset=o) for name, shape, dt, o in plan.rows}
     self.nbytes = plan.nbytes
-    # id -> (view, offset): the views live as long as the arena, so their ids cannot be reused meanwhile
-    self.by_id = {id(a): (a, self.offsets[name]) for name, a in self.arrays.items()}
-    self.views = list(self.arrays.values())
 
   def __getitem__(self, name: str) -> np.ndarray:
     return self.arrays[name]
@@ -79,6 +77,7 @@ class Plan:
   Attributes:
     rows: (name, shape, dtype, offset) per array, in order.
     offsets: name -> byte offset.
+    by_offset: byte offset -> (shape, dtype) of the view that starts there.
     nbytes: buffer size.
     descs: per array, (dtype string, shape, offset, nbytes): the packed descriptor less its name and frame.
     blobs: `codec.encode`'s memo of the packed descriptor block, per (names, frame index).
@@ -95,6 +94,7 @@ class Plan:
       off += math.prod(shape) * dt.itemsize
     self.nbytes = off
     self.offsets = {name: o for name, _, _, o in self.rows}
+    self.by_offset = {o: (shape, dt) for _, shape, dt, o in self.rows}
     self.descs = [(dt.str, list(shape), o, math.prod(shape) * dt.itemsize) for _, shape, dt, o in self.rows]
     self.blobs: dict[tuple, bytes] = {}
 
@@ -111,19 +111,28 @@ def _plan(key: tuple) -> Plan:
   return plan
 
 
+def offset_in(buf: ArenaBuffer, a: np.ndarray) -> int | None:
+  """Byte offset of `a` in `buf` when `a` is one of the plan's views (same start, shape and dtype, C order), else
+  None. Any array that passes covers exactly the bytes its plan row describes, whichever object it is."""
+  off = a.__array_interface__["data"][0] - buf.__array_interface__["data"][0]
+  row = buf.plan.by_offset.get(off)
+  if row is None or row[0] != a.shape or row[1] != a.dtype or not a.flags.c_contiguous:
+    return None
+  return off
+
+
 def frame_of(arrays: list[tuple[str, np.ndarray]]) -> tuple[ArenaBuffer, list[tuple[str, np.ndarray, int]]] | None:
   """(buffer, [(name, view, offset)]) when `arrays` (all views of one ArenaBuffer) can be sent as that buffer
-  whole: each is one of the arena's own views (whatever its name here), none twice, and the last of them ends the
+  whole: each is one of the plan's views (whatever its name here), none twice, and the last of them ends the
   buffer. None otherwise."""
   buf = arrays[0][1].base
-  by_id = buf.arena.by_id
   out, seen = [], set()
   for name, a in arrays:
-    hit = by_id.get(id(a))
-    if hit is None or hit[0] is not a or id(a) in seen:
+    off = offset_in(buf, a)
+    if off is None or off in seen:
       return None
-    seen.add(id(a))
-    out.append((name, a, hit[1]))
+    seen.add(off)
+    out.append((name, a, off))
   out.sort(key=lambda r: r[2])
   last = out[-1]
   if last[2] + last[1].nbytes != buf.nbytes:
@@ -131,4 +140,4 @@ def frame_of(arrays: list[tuple[str, np.ndarray]]) -> tuple[ArenaBuffer, list[tu
   return buf, out
 
 
-__all__ = ["Arena", "ArenaBuffer", "Plan", "frame_of"]
+__all__ = ["Arena", "ArenaBuffer", "Plan", "frame_of", "offset_in"]

@@ -35,7 +35,6 @@ the received frames (zero-copy, packed arrays included). Every failure raises `D
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import Any, Sequence
 
 import msgpack
@@ -101,10 +100,12 @@ def _whole_arena(msg: Message) -> tuple[list, bytes] | None:
   base = first.base if type(first) is np.ndarray else None
   if type(base) is not arena_lib.ArenaBuffer:
     return None
-  arena = base.arena
-  if len(arena.views) != len(arrays) or not all(map(operator.is_, arrays.values(), arena.views)):
+  plan = base.plan
+  if len(plan.rows) != len(arrays):
     return None
-  plan = arena.plan
+  for a, row in zip(arrays.values(), plan.rows):
+    if type(a) is not np.ndarray or a.base is not base or arena_lib.offset_in(base, a) != row[3]:
+      return None
   names = tuple(arrays)
   blob = plan.blobs.get(names)
   if blob is None:
