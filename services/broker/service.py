@@ -6,8 +6,11 @@ At most one batch waits inside the broker, so flow control reaches from the last
 
 Inference (the ZeroMQ load-balancing broker pattern): simulators' `transport.Client` DEALERs -> `act` ROUTER
 (frontend); inference workers' DEALERs -> `act_backend` ROUTER. A worker says "ready" (Heartbeat status "ready")
-and gets `inference_slots` slots; the broker hands it [client id, *request] while it has a free slot, and routes
-its [client id, *reply] back. Requests wait in a bounded queue while every worker is busy. Every message is decoded
+and gets `inference_slots` slots less the requests it still holds; the broker hands it [client id, *request]
+while it has a free slot, and routes its [client id, *reply] back (a reply from a worker holding no request is
+dropped; a worker releases a request it cannot answer with a Heartbeat status "rejected"). So a peer that says
+"ready" and never answers holds at most `inference_slots` requests, however often it says it (counted in
+`drivelab_credit_refused_total{reason="ready_while_busy"|"unsolicited_reply"}`). Requests wait in a bounded queue while every worker is busy. Every message is decoded
 (and counted when malformed) but forwarded as the original frames.
 """
 
@@ -47,6 +50,9 @@ class Broker:
     self.pending_scene: codec.Message | None = None
     self.scenes_forwarded = 0
     self.free: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # worker -> free slots
+    # worker -> requests handed to it and not yet answered, least recently heard first (at most flow.MAX_PEERS)
+    self.in_flight: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+    self.refusals = flow.Refusals(rt.metrics, "act_backend")
     self.pending: collections.deque = collections.deque()  # (client id, request frames)
     self.refused = 0
     self.lost_replies = 0
@@ -87,12 +93,26 @@ class Broker:
     if len(frames) == 2:  # a lone header frame: the worker's "ready"
       msg = self._decode(frames[1:], "act_back")
       if msg is not None and msg.schema == "Heartbeat" and msg.fields.get("status") == "ready":
-        self.free[worker] = self.cfg.inference_slots  # idempotent: an idle worker re-announces its full window
+        # idempotent: an idle worker re-announces its window, less what it still holds (never more)
+        busy = self.in_flight.get(worker, 0)
+        if busy:
+          self.refusals("ready_while_busy", worker)
+        if worker not in self.in_flight:
+          self._heard(worker)
+        self.free[worker] = self.cfg.inference_slots - busy
       return
+    if self.in_flight.get(worker, 0) <= 0:  # it was handed no request: whatever it says is not an answer
+      self.refusals("unsolicited_reply", worker)
+      return
+    self.in_flight[worker] -= 1
+    self.in_flight.move_to_end(worker)
     if worker in self.free:
       self.free[worker] += 1
     msg = self._decode(frames[2:], "act_back")
     if msg is None:
+      return
+    if msg.schema == "Heartbeat" and msg.fields.get("status") == "rejected":  # the worker refused that request
+      self.rt.dropped.labels(what="act_request_rejected").inc()
       return
     try:
       nbytes = transport.send_frames(self.links.act_front, frames[2:], route=[frames[1]], flags=zmq.NOBLOCK)
@@ -102,6 +122,13 @@ class Broker:
         raise
       self.lost_replies += 1  # the simulator went away; it will not miss the answer
       self.rt.dropped.labels(what="act_reply_unroutable").inc()
+
+  def _heard(self, worker: bytes) -> None:
+    if len(self.in_flight) >= flow.MAX_PEERS:
+      old = next(iter(self.in_flight))
+      del self.in_flight[old]
+      self.free.pop(old, None)
+    self.in_flight[worker] = 0
 
   def _dispatch(self) -> None:
     while self.pending and self.free:
@@ -118,6 +145,7 @@ class Broker:
         continue
       self.pending.popleft()
       self.free[worker] -= 1
+      self.in_flight[worker] += 1
 
   def _drain(self, sock: zmq.Socket, n_route: int, handle) -> None:
     for _ in range(256):  # bounded, so scenes keep moving under an act flood
@@ -156,7 +184,8 @@ def bootstrap(cfg: config_lib.BrokerConfig, rt: runtime.Runtime) -> Broker:
   links = Links(
       scenes_in=runtime.credit_consumer(rt, "scenes_in", window=cfg.scene_window, bind=True, curve=server),
       scenes=flow.CreditProducer(rt.ctx, runtime.endpoint(c, "scenes", bind=True), bind=True,
-                                 producer_id=rt.producer_id, epoch=rt.epoch, metrics=m, curve=server),
+                                 producer_id=rt.producer_id, epoch=rt.epoch, metrics=m, curve=server,
+                                 max_window=cfg.max_consumer_window),
       act_front=front, act_back=back)
   return Broker(cfg, rt, links)
 

@@ -3,7 +3,8 @@
 Protocol with the broker (services/broker/service.py): this worker's DEALER connects to the broker's act_backend
 ROUTER and says "ready" (a Heartbeat with status "ready") when it starts and whenever it has been idle for
 `READY_INTERVAL_S`; the broker then hands it up to its slot count of requests as [client id, *request frames], and
-every reply [client id, *reply frames] returns one slot. All requests that are waiting are merged into one forward
+every reply [client id, *reply frames] returns one slot (a request it cannot answer is released with a Heartbeat
+status "rejected" in the reply's place). All requests that are waiting are merged into one forward
 pass (up to `max_batch_requests`), padded to a power of two rows so jit compiles only a few shapes.
 Policy: services.common.policy_net (the project's Agent over the flat features the simulators send). Params: the
 newest version from the learner's PUB; version 0 (`init_flat`, identical in every process) until one arrives.
@@ -67,6 +68,16 @@ class Inference:
     except zmq.Again:  # no broker connected yet: say it again after READY_INTERVAL_S
       pass
 
+  def _release(self, client: bytes) -> None:
+    """Tells the broker that the request it routed from `client` gets no reply, so it frees that slot (the broker
+    counts a slot as busy until the worker answers, whatever "ready" says)."""
+    msg = schemas.make("Heartbeat", self.rt.producer_id, self.seq, self.rt.epoch, component="inference",
+                       status="rejected", time_s=time.time(), uptime_s=time.monotonic() - self.rt.started_s)
+    try:
+      transport.send_message(self.links.backend, msg, route=[client], flags=zmq.NOBLOCK)
+    except zmq.Again:
+      pass
+
   def _poll_params(self) -> None:
     got = runtime.take_params(self.links.params, self.rt.metrics)
     if got is not None:
@@ -89,10 +100,11 @@ class Inference:
   def _answer(self, requests: list[tuple[bytes, codec.Message]]) -> None:
     num_features = self.policy.num_features
     bad = [(c, m) for c, m in requests if np.shape(m.arrays.get("obs/flat"))[-1:] != (num_features,)]
-    for _, m in bad:  # another network's features: say so, never feed them to this one
+    for client, m in bad:  # another network's features: say so, never feed them to this one
       self.rt.metrics.decode_error("item_shape")
       log.warning("event=reject reason=features producer=%s shape=%s want=%d", m.producer,
                   np.shape(m.arrays.get("obs/flat")), num_features)
+      self._release(client)
     requests = [r for r in requests if not any(r is b for b in bad)]
     if not requests:
       return

@@ -8,6 +8,7 @@ No `_created` series (`prometheus_client.disable_created_metrics()`).
   drivelab_bytes_in_total, drivelab_bytes_out_total                          counters (header + array frames)
   drivelab_decode_errors_total{reason}                                       counter (codec.DecodeError.reason)
   drivelab_sequence_gaps_total                                               counter (messages lost)
+  drivelab_credit_refused_total{reason}                                      counter (flow-control claims refused)
   drivelab_queue_depth{queue}                                                gauge
   drivelab_handler_seconds{handler}                                          histogram
   drivelab_restarts_total{component}                                         counter (supervisor)
@@ -18,7 +19,7 @@ No `_created` series (`prometheus_client.disable_created_metrics()`).
 
   reg = new_registry(); m = standard_metrics(reg); port = serve(0, reg)   # http://127.0.0.1:{port}/metrics
   with m.time("act"): ...                                                  # handler latency
-StandardMetrics also offers count_in/count_out/decode_error/gap, the hooks shared.wire's transport classes call.
+StandardMetrics also offers count_in/count_out/decode_error/gap/refuse_credit, the hooks shared.wire's transport classes call.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ HANDLER_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 STANDARD_NAMES = (
     "drivelab_messages_in_total", "drivelab_messages_out_total", "drivelab_bytes_in_total",
     "drivelab_bytes_out_total", "drivelab_decode_errors_total", "drivelab_sequence_gaps_total",
+    "drivelab_credit_refused_total",
     "drivelab_queue_depth", "drivelab_handler_seconds", "drivelab_restarts_total", "drivelab_agent_steps_total",
     "drivelab_batch_fill_ratio", "drivelab_params_version", "drivelab_params_version_lag", "drivelab_learner_loss",
     "drivelab_eval_metric", "drivelab_up", "drivelab_build_info",
@@ -58,6 +60,7 @@ class StandardMetrics:
   bytes_out: Counter
   decode_errors: Counter
   sequence_gaps: Counter
+  credit_refused: Counter
   queue_depth: Gauge
   handler_seconds: Histogram
   restarts: Counter
@@ -83,6 +86,9 @@ class StandardMetrics:
 
   def gap(self, n: int) -> None:
     self.sequence_gaps.inc(n)
+
+  def refuse_credit(self, reason: str, n: int = 1) -> None:
+    self.credit_refused.labels(reason=reason).inc(n)
 
   @contextlib.contextmanager
   def time(self, handler: str) -> Iterator[None]:
@@ -113,6 +119,8 @@ def standard_metrics(registry: CollectorRegistry, version: str | None = None) ->
       decode_errors=Counter("drivelab_decode_errors", "Messages rejected by decode, by reason", ["reason"],
                             registry=r),
       sequence_gaps=Counter("drivelab_sequence_gaps", "Messages lost, by sequence number gaps", registry=r),
+      credit_refused=Counter("drivelab_credit_refused", "Credit grants, ready messages and uncredited data refused "
+                             "by flow control, by reason", ["reason"], registry=r),
       queue_depth=Gauge("drivelab_queue_depth", "Items waiting in a queue", ["queue"], registry=r),
       handler_seconds=Histogram("drivelab_handler_seconds", "Handler latency", ["handler"],
                                 buckets=HANDLER_BUCKETS_S, registry=r),
