@@ -20,8 +20,9 @@ holders of a trusted key can connect at all):
   * A ROUTER producer takes credit only from peers that said hello, and never more than the window the peer
     declared, itself capped by `max_window`: a forged grant of 10^9 buys nothing, a forged hello one window.
   * A ROUTER consumer keeps per-peer state for at most `max_peers` peers (least recently heard evicted) and drops
-    data a peer sends beyond the credit it was granted, so data from a peer that never said hello is dropped (a
-    producer whose consumer restarted loses at most the window it still held, then re-hellos when starved).
+    well-formed data a peer sends beyond the credit it was granted (malformed data counts as a decode error, as
+    from anyone), so data from a peer that never said hello is dropped (a producer whose consumer restarted loses
+    at most the window it still held, then re-hellos when starved).
   * Every refusal counts in `drivelab_credit_refused_total{reason}` (unknown_peer, over_window, uncredited_data,
     evicted_peer) and is logged, at most one line per reason per `LOG_EVERY_S`.
 
@@ -306,16 +307,21 @@ class CreditConsumer:
       if ctrl is not None:
         self._on_ctrl(peer, ctrl[0])
         continue
+      credited = True
       if self.routed:
         # Credit is earned by hello alone: a peer never heard from (a stranger, or a producer spending credit a
-        # restarted consumer granted) is dropped until it says hello, which a starved producer does by itself.
+        # restarted consumer granted) is refused until it says hello, which a starved producer does by itself.
         self._heard(peer, 0)
-        if self.outstanding[peer] <= 0:  # beyond its credit: not decoded, not granted back
-          self.refused("uncredited_data", peer)
-          continue
-      self.outstanding[peer] = max(self.outstanding.get(peer, 0) - 1, 0)
-      self._last_data = time.monotonic()
+        credited = self.outstanding[peer] > 0
+      if credited:
+        self.outstanding[peer] = max(self.outstanding.get(peer, 0) - 1, 0)
+        self._last_data = time.monotonic()
+      # decoded either way, so malformed input is counted by its reason whoever sent it
       msg = transport.decode_counted(body, self.limits, self.decode_errors, self.metrics, "credit")
+      if not credited:
+        if msg is not None:  # well-formed but beyond its credit: dropped, not granted back
+          self.refused("uncredited_data", peer)
+        continue
       if msg is None:
         self._owed[peer] += 1
         continue

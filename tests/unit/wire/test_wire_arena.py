@@ -134,3 +134,21 @@ def test_over_a_real_socket_large_arena_is_zero_copy_and_intact():
   finally:
     push.close(0)
     pull.close(0)
+
+
+def test_an_arena_is_freed_by_reference_counting_once_dropped():
+  """No cycle through the buffer: numpy hides a view's .base from the garbage collector, so a buffer that held its
+  views would never be freed (a replay leaked every ReplayBatch so). Dropped, the buffer goes at once, no gc run."""
+  import gc
+  import weakref
+
+  gc.disable()
+  try:
+    a = _filled()
+    frames = codec.encode(_msg(dict(a.arrays)))
+    assert frames[1] is a.buffer
+    ref = weakref.ref(a.buffer)
+    del a, frames
+    assert ref() is None
+  finally:
+    gc.enable()
