@@ -16,7 +16,7 @@ import sys
 COMMAND_MODULES: dict[str | None, tuple[str, ...]] = {
     "scenes": ("services.cli.scenes_io", "services.cli.scenes_synth", "services.cli.scenes_replay"),
     "bench": ("services.cli.bench_sim", "services.cli.bench_wire", "services.cli.bench_stack",
-              "services.cli.bench_learn"),
+              "services.cli.bench_learn", "services.cli.bench_memory"),
     None: ("services.cli.demo", "services.cli.stack_cmd", "services.cli.eval_cmd", "services.cli.train_cmd"),
 }
 GROUP_HELP = {
