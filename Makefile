@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/drivelab bench sim --quick --out benchmarks/results/sim.json
 	$(BIN)/drivelab bench wire --out benchmarks/results/wire.json
 	$(BIN)/drivelab bench stack --out benchmarks/results/stack.json
+	$(BIN)/drivelab bench memory --out benchmarks/results/memory.json
 	$(BIN)/drivelab bench learn --quick --out-dir benchmarks/results
 
 up: install
