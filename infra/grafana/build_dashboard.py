@@ -27,7 +27,7 @@ RI = "$__rate_interval"
 METRICS = (
     "drivelab_messages_in_total", "drivelab_messages_out_total", "drivelab_bytes_in_total",
     "drivelab_bytes_out_total", "drivelab_decode_errors_total", "drivelab_sequence_gaps_total",
-    "drivelab_queue_depth", "drivelab_handler_seconds", "drivelab_restarts_total", "drivelab_agent_steps_total",
+    "drivelab_credit_refused_total", "drivelab_queue_depth", "drivelab_handler_seconds", "drivelab_restarts_total", "drivelab_agent_steps_total",
     "drivelab_batch_fill_ratio", "drivelab_params_version", "drivelab_params_version_lag", "drivelab_learner_loss",
     "drivelab_eval_metric", "drivelab_up", "drivelab_build_info",
 )
@@ -135,8 +135,12 @@ def health_row() -> list[dict]:
                                                    "{{job}} {{reason}}")], w=6),
       panel("Restarts (1 h)", [target(f"sum by (job, component) (increase(drivelab_restarts_total{{{SEL}}}[1h]))",
                                       "{{job}} {{component}}")], w=6),
+      panel("Refused flow-control claims / s by reason", [target(rate("drivelab_credit_refused_total", "job, reason"),
+                                                                  "{{job}} {{reason}}")], w=8, h=5,
+            description="Credit grants, ready messages and uncredited data refused: a stranger or a misconfigured "
+                        "peer on a bus port."),
       panel("Build versions", [target(f"count by (version) (drivelab_build_info{{{SEL}}})", "{{version}}",
-                                      instant=True)], kind="table", w=24, h=5),
+                                      instant=True)], kind="table", w=16, h=5),
   ]
 
 

@@ -32,7 +32,7 @@ ENV_VARS = {"DRIVELAB_METRICS_PORT", "DRIVELAB_BROKER_HOST", "DRIVELAB_REPLAY_HO
 COMPOSE_ONLY_VARS = {"DRIVELAB_IMAGE", "DRIVELAB_CUDA_IMAGE", "DRIVELAB_SCENES_HOST_DIR"}  # host-side interpolation
 METRICS = {"drivelab_messages_in_total", "drivelab_messages_out_total", "drivelab_bytes_in_total",
            "drivelab_bytes_out_total", "drivelab_decode_errors_total", "drivelab_sequence_gaps_total",
-           "drivelab_queue_depth", "drivelab_restarts_total", "drivelab_agent_steps_total",
+           "drivelab_credit_refused_total", "drivelab_queue_depth", "drivelab_restarts_total", "drivelab_agent_steps_total",
            "drivelab_batch_fill_ratio", "drivelab_params_version", "drivelab_params_version_lag",
            "drivelab_learner_loss", "drivelab_eval_metric", "drivelab_up", "drivelab_build_info", "up"}
 METRICS |= {f"drivelab_handler_seconds_{s}" for s in ("bucket", "sum", "count")}
