@@ -174,7 +174,7 @@ def with_repo_rules(config_rel: str, tmp_path: pathlib.Path) -> pathlib.Path:
 def test_promtool_accepts_configs_with_dns_discovery(config, tmp_path):
   exe = promtool()
   res = run([exe, "check", "config", str(with_repo_rules(config, tmp_path))])
-  assert "12 rules found" in res.stdout + res.stderr
+  assert "13 rules found" in res.stdout + res.stderr
   jobs = {j["job_name"]: j for j in load(config)["scrape_configs"]}
   for name in DRIVELAB:
     (sd,) = jobs[name]["dns_sd_configs"]
@@ -205,7 +205,7 @@ def test_local_renderer_output_passes_promtool(tmp_path):
   path = tmp_path / "prometheus.yml"
   path.write_text(text)
   res = run([promtool(), "check", "config", str(path)])
-  assert "SUCCESS" in res.stdout and "12 rules found" in res.stdout
+  assert "SUCCESS" in res.stdout and "13 rules found" in res.stdout
 
 
 @pytest.mark.parametrize("targets, interval", [
