@@ -49,6 +49,7 @@ CTRL = b"DLC"
 MAX_WINDOW = 64  # the most credits one peer of a ROUTER producer may hold, whatever window it declares
 MAX_PEERS = 1024  # per-peer state a ROUTER end keeps; the least recently heard peer is forgotten beyond it
 LOG_EVERY_S = 10.0
+PUMP_MAX = 1024  # control messages a producer applies per look at its socket
 
 
 def _ctrl(op: str, n: int = 0, window: int | None = None) -> bytes:
@@ -124,6 +125,7 @@ class CreditProducer:
     self.credits: collections.OrderedDict[bytes | None, int] = collections.OrderedDict()
     self.windows: dict[bytes | None, int] = {}  # peer -> declared window (capped by max_window)
     self.refused = Refusals(metrics, f"producer:{producer_id}")
+    self.decode_errors: collections.Counter = collections.Counter()
     self.seq = 0
     self.sent = 0
     self._last_hello = 0.0
@@ -165,14 +167,23 @@ class CreditProducer:
       self.credits[None], self.windows[None] = 0, self.max_window
 
   def _pump(self, timeout_s: float) -> None:
-    """Applies every credit/hello message that arrives within `timeout_s` (returns at the first batch)."""
+    """Applies the credit/hello messages that arrive within `timeout_s` (returns at the first batch, after at most
+    PUMP_MAX of them, so a flood cannot hold the sender here). A producer expects nothing else: any other message
+    is counted as a decode error (its codec reason when malformed, `unexpected_data` when not)."""
     n_route = 1 if self.routed else 0
     frames = transport.recv_frames(self.sock, timeout_s, n_route=n_route)
-    while frames is not None:
+    for _ in range(PUMP_MAX):
+      if frames is None:
+        return
       peer = frames[0] if self.routed else None
-      ctrl = _parse_ctrl(bytes(frames[-1])) if len(frames) == n_route + 1 else None
+      body = frames[n_route:]
+      ctrl = _parse_ctrl(bytes(body[0])) if len(body) == 1 and memoryview(body[0]).nbytes < 64 else None
       if ctrl is not None:
         self._on_ctrl(peer, *ctrl)
+      elif transport.decode_counted(body, codec.Limits(), self.decode_errors, self.metrics, "producer") is not None:
+        self.decode_errors["unexpected_data"] += 1
+        if self.metrics is not None:
+          self.metrics.decode_error("unexpected_data")
       frames = transport.recv_frames(self.sock, 0.0, n_route=n_route)
 
   def total_credits(self) -> int:

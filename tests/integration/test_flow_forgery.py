@@ -236,3 +236,36 @@ def test_data_beyond_credit_on_a_consumer_link_is_dropped_and_counted(link):
       s.close()
     stranger.close(linger=0)
     ctx.destroy(linger=0)
+
+
+def test_anything_but_control_frames_sent_to_a_producer_is_counted():
+  """A ROUTER producer (the broker's scenes port) reads only control frames: malformed frames count by their codec
+  reason, a well-formed message (wrong direction) as unexpected_data; a control frame that is not msgpack is
+  malformed too. Credit still flows to its real consumer."""
+  from shared.telemetry import metrics as tm
+
+  reg = tm.new_registry()
+  m = tm.standard_metrics(reg)
+  ctx = transport.new_context()
+  offset = supervisor.find_port_offset()
+  prod = flow.CreditProducer(ctx, registry.endpoint("scenes", host="*", port_offset=offset), bind=True,
+                             producer_id="broker", metrics=m)
+  cons = flow.CreditConsumer(ctx, registry.endpoint("scenes", port_offset=offset), bind=False, window=1)
+  stranger = transport.make_socket(ctx, zmq.DEALER)
+  stranger.connect(registry.endpoint("scenes", port_offset=offset))
+  try:
+    good = codec.encode(schemas.make("Heartbeat", "stranger", 0, component="x", status="ok", time_s=0.0))
+    for frames in ([b"\xc1garbage"], [msgpack.packb({"magic": "nope"})], good, [flow.CTRL + b"\xc1"]):
+      transport.send_frames(stranger, frames)
+    assert prod.send_fields("Heartbeat", timeout_s=5.0, component="b", status="ok", time_s=1.0)
+    assert cons.recv(5.0) is not None
+    deadline = time.monotonic() + 5
+    while sum(prod.decode_errors.values()) < 4 and time.monotonic() < deadline:
+      prod.wait_credit(0.05)
+    value = lambda reason: reg.get_sample_value("drivelab_decode_errors_total", {"reason": reason})
+    assert value("header_msgpack") == 2 and value("bad_magic") == 1 and value("unexpected_data") == 1
+  finally:
+    for s in (prod, cons):
+      s.close()
+    stranger.close(linger=0)
+    ctx.destroy(linger=0)
