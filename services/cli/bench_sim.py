@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import pathlib
-import platform
 import resource
 import statistics
 import sys
@@ -216,9 +215,7 @@ def _components(scenes, batch_sizes, steps, cfg, repeats, full_rows):
 
 def _machine() -> dict:
   jax, _ = _jax()
-  return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-          "jax": jax.__version__, "jax_backend": jax.default_backend(), "numpy": np.__version__,
-          "loadavg_1_5_15min": list(os.getloadavg())}
+  return provenance.machine(jax=jax.__version__, jax_backend=jax.default_backend(), numpy=np.__version__)
 
 
 def _goals(rows: list[dict]) -> dict:

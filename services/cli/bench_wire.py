@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import multiprocessing as mp
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -293,9 +292,7 @@ def _small(sess: _Session, tr: str, seconds, repeats) -> list[dict]:
 
 
 def _machine() -> dict:
-  return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-          "pyzmq": zmq.pyzmq_version(), "libzmq": zmq.zmq_version(), "numpy": np.__version__,
-          "loadavg_1_5_15min": list(os.getloadavg())}  # other work on the box makes GB/s noisy
+  return provenance.machine(pyzmq=zmq.pyzmq_version(), libzmq=zmq.zmq_version(), numpy=np.__version__)
 
 
 def _print(result: dict) -> None:

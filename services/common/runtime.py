@@ -7,10 +7,9 @@ Every service process is `Runtime` + a service object with `run_once()` and `clo
   port = rt.serve_metrics()                 # logs event=metrics_url url=http://127.0.0.1:PORT/metrics
   svc = service.bootstrap(cfg, rt); rt.run(svc)
 
-Endpoints: `endpoint(common, link, bind)` resolves a link of `shared.wire.registry` (plus the links that registry
-does not know yet, see EXTRA_PORTS) to the host of the service that binds it (DRIVELAB_BROKER_HOST, ..._REPLAY_HOST,
-..._LEARNER_HOST), shifted by `port_offset` so two stacks can share a host. Env vars are read by each service's
-config.py, which hands `os.environ` to `common_from_env`; nothing here reads the environment itself.
+Endpoints: `endpoint(common, link, bind)` resolves a link of `shared.wire.registry` to the host of the service that
+binds it (DRIVELAB_BROKER_HOST, ..._REPLAY_HOST, ..._LEARNER_HOST), shifted by `port_offset` so two stacks can
+share a host. Env vars are read by each service's config.py, which hands `os.environ` to `common_from_env`; nothing here reads the environment itself.
 """
 
 from __future__ import annotations
@@ -34,14 +33,6 @@ from shared.wire import flow, registry, transport
 
 log = logging.getLogger(__name__)
 
-# Links the broker hosts beyond those in shared.wire.registry (the inference load balancer's worker side).
-EXTRA_PORTS = {"act_backend": 5559}
-# Which service binds each link: that service's host is where connectors go.
-LINK_BINDER = {
-    "scenes_in": "broker", "scenes": "broker", "act": "broker", "act_backend": "broker",
-    "trajectories": "replay", "expert": "replay",
-    "replay_samples": "learner", "params": "learner", "control": "learner", "eval": "learner",
-}
 SERVICES = ("broker", "scene_loader", "simulator", "inference", "replay", "learner", "evaluator")
 
 
@@ -154,13 +145,13 @@ def common_from_env(env: Mapping[str, str], args: argparse.Namespace | None = No
 
 
 def link_port(link: str, port_offset: int = 0) -> int:
-  base = EXTRA_PORTS[link] if link in EXTRA_PORTS else registry.LINKS[link].port
-  return base + port_offset
+  return registry.LINKS[link].port + port_offset
 
 
 def endpoint(common: CommonConfig, link: str, bind: bool = False) -> str:
-  """tcp endpoint of `link`: "tcp://*:PORT" to bind, "tcp://<binder host>:PORT" to connect."""
-  host = "*" if bind else getattr(common, f"{LINK_BINDER[link]}_host")
+  """tcp endpoint of `link`: "tcp://*:PORT" to bind, "tcp://<binder host>:PORT" to connect (the host of the
+  service that binds it, `shared.wire.registry`)."""
+  host = "*" if bind else getattr(common, f"{registry.LINKS[link].binder}_host")
   return f"tcp://{host}:{link_port(link, common.port_offset)}"
 
 

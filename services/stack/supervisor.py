@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.common import runtime
 from shared.telemetry import metrics as tm
+from shared.wire import registry
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = 1.0
@@ -145,7 +146,7 @@ def _port_free(port: int) -> bool:
 
 def find_port_offset(start: int = 1000, stop: int = 40000, step: int = 20) -> int:
   """An offset at which every link port of the stack is free (random start, so parallel stacks rarely race)."""
-  ports = [runtime.link_port(link) for link in runtime.LINK_BINDER]
+  ports = [runtime.link_port(link) for link in registry.LINKS]
   first = start + step * (os.getpid() % ((stop - start) // step))
   for k in range((stop - start) // step):
     offset = start + (first - start + k * step) % (stop - start)

@@ -13,7 +13,8 @@ in `registry.LINKS`:
   ROUTER producer (binds)    -> DEALER consumers (connect): the load-balancing backend of a broker; the consumer's
                                 "hello" declares its window, and the producer sends round-robin over the peers
                                 that hold credit.
-  CreditBroker: ROUTER consumer frontend + ROUTER producer backend, for links whose both ends scale (scenes).
+  A broker for links whose both ends scale (scenes) is a ROUTER consumer frontend + a ROUTER producer backend
+  (services/broker).
 
 What a peer may claim is bounded, since anyone who reaches a bound port can send these frames (with CURVE on, only
 holders of a trusted key can connect at all):
@@ -348,27 +349,3 @@ class CreditConsumer:
 
   def close(self) -> None:
     self.sock.close()
-
-
-class CreditBroker:
-  """Forwards from producers (frontend, ROUTER consumer) to consumers (backend, ROUTER producer) only while the
-  backend holds credit, so flow control reaches from the last consumer back to the first producer."""
-
-  def __init__(self, ctx: zmq.Context, frontend: str, backend: str, window: int = 4, metrics: Any = None):
-    self.front = CreditConsumer(ctx, frontend, bind=True, window=window, metrics=metrics)
-    self.back = CreditProducer(ctx, backend, bind=True, producer_id="broker", metrics=metrics)
-    self.forwarded = 0
-
-  def run_once(self, timeout_s: float) -> bool:
-    """Moves at most one message; False when no credit or no message arrived within `timeout_s`."""
-    if not self.back.wait_credit(timeout_s):
-      return False
-    msg = self.front.recv(timeout_s)
-    if msg is None or not self.back.send(msg, timeout_s):
-      return False
-    self.forwarded += 1
-    return True
-
-  def close(self) -> None:
-    self.front.close()
-    self.back.close()

@@ -1,7 +1,7 @@
 """The one topic/endpoint registry: every link of the stack, its pattern, who binds, its default port.
 
-Singletons bind, scaled services connect (DESIGN.md "Wire contract"). A link between two scaled services goes
-through the `broker` service (the ZeroMQ load-balancing pattern; `flow.CreditBroker` is the credit-flow core of it):
+Singletons bind, scaled services connect. A link between two scaled services goes
+through the `broker` service (the ZeroMQ load-balancing pattern, with credit flow on the scenes side):
 scene_loader x N -> scenes_in -> broker -> scenes -> simulator x N, and simulator x N -> act -> broker ->
 act_backend -> inference x K.
 Patterns: "credit" = ROUTER (binds) / DEALER (connects) with credit flow control; "reqrep" = DEALER clients to a

@@ -7,7 +7,7 @@ Split in three modules, every public name importable from here as before:
                 newest version wins)
   curve.py      CurveKeys, create_curve_keys, curve_keys_from_files, start_authenticator, curve_server,
                 curve_client
-Credit flow control (CreditProducer / CreditConsumer / CreditBroker) lives in `shared.wire.flow`.
+Credit flow control (CreditProducer / CreditConsumer) lives in `shared.wire.flow`.
 
 Receivers never raise on bad input: a message that fails `codec.decode` is counted (`decode_errors[reason]` and,
 when a `StandardMetrics` is passed, `drivelab_decode_errors_total{reason}`) and dropped.

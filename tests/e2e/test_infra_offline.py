@@ -342,8 +342,8 @@ def test_infra_lists_match_the_services_and_telemetry_code():
   from shared.telemetry import metrics as tm
   from shared.wire import registry
   assert set(runtime.SERVICES) == set(DRIVELAB)
-  assert set(runtime.LINK_BINDER.values()) <= set(BINDERS)  # every binder is a singleton with a stable name
-  ports = {lk.port for lk in registry.LINKS.values()} | set(runtime.EXTRA_PORTS.values())
+  assert {lk.binder for lk in registry.LINKS.values()} <= set(BINDERS)  # every binder: a singleton, a stable name
+  ports = {lk.port for lk in registry.LINKS.values()}
   spec = importlib.util.spec_from_file_location("build_manifests", REPO / "infra" / "k8s" / "build_manifests.py")
   build_manifests = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(build_manifests)  # infra/ holds scripts, not a package

@@ -146,6 +146,37 @@ def test_load_balancer_routes_replies_to_their_clients(lb):
     ctx.term()
 
 
+def test_broker_balances_scenes_over_two_consumers_and_keeps_flow(tmp_path):
+  """The broker service's scenes side: 20 messages from a loader reach two window-1 consumers round robin, and the
+  broker forwards each exactly once."""
+  from shared.wire import flow
+
+  common = runtime.CommonConfig(metrics_port=0, port_offset=supervisor.find_port_offset(), run_dir=str(tmp_path))
+  rt = runtime.Runtime("broker", common)
+  broker = broker_service.bootstrap(broker_config.BrokerConfig(), rt)
+  thread = threading.Thread(target=rt.run, args=(broker,), daemon=True)
+  thread.start()
+  ctx = transport.new_context()
+  consumers = [flow.CreditConsumer(ctx, runtime.endpoint(common, "scenes"), bind=False, window=1) for _ in range(2)]
+  prod = flow.CreditProducer(ctx, runtime.endpoint(common, "scenes_in"), producer_id="loader", epoch=0)
+  counts, sent = [0, 0], 0
+  try:
+    deadline = time.monotonic() + 15
+    while (sent < 20 or sum(counts) < 20) and time.monotonic() < deadline:
+      if sent < 20 and prod.send_fields("Heartbeat", timeout_s=0.01, component="x", status="ok", time_s=1.0 * sent):
+        sent += 1
+      for i, c in enumerate(consumers):
+        counts[i] += c.recv(0.01) is not None
+    assert sum(counts) == 20 and min(counts) >= 5, counts
+    assert broker.scenes_forwarded == 20
+  finally:
+    rt.stop.set()
+    thread.join(10)
+    for s in consumers + [prod]:
+      s.close()
+    ctx.destroy(linger=0)
+
+
 class _FakeProc:
   def __init__(self, code):
     self.returncode, self.pid = code, 4242
