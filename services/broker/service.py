@@ -1,7 +1,8 @@
-"""Broker: the two links whose both ends scale (DESIGN.md "Wire contract": a small broker in front).
+"""Broker: the two links whose both ends scale, each through one small process in front of the scaled consumers.
 
 Scenes (credit broker): scene_loaders' DEALER producers -> `scenes_in` ROUTER (credit window per loader);
 `scenes` ROUTER -> simulators' and the evaluator's DEALER consumers, each sent batches only against its credits.
+A batch is validated (zero-copy decode) and forwarded as the frames it came in, never encoded again.
 At most one batch waits inside the broker, so flow control reaches from the last simulator back to the loaders.
 
 Inference (the ZeroMQ load-balancing broker pattern): simulators' `transport.Client` DEALERs -> `act` ROUTER
@@ -48,6 +49,7 @@ class Broker:
   def __init__(self, cfg: config_lib.BrokerConfig, rt: runtime.Runtime, links: Links):
     self.cfg, self.rt, self.links = cfg, rt, links
     self.pending_scene: codec.Message | None = None
+    self.pending_frames: list | None = None  # pending_scene's frames as received
     self.scenes_forwarded = 0
     self.free: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # worker -> free slots
     # worker -> requests handed to it and not yet answered, least recently heard first (at most flow.MAX_PEERS)
@@ -63,11 +65,14 @@ class Broker:
 
   # SCENES
   def _move_scene(self) -> None:
+    """Forwards the batch's frames as they came (validated by the zero-copy decode, never encoded again)."""
     if self.pending_scene is None:
-      self.pending_scene = self.links.scenes_in.recv(0.0)
+      msg = self.links.scenes_in.recv(0.0)
+      if msg is not None:
+        self.pending_scene, self.pending_frames = msg, self.links.scenes_in.last_frames
     if self.pending_scene is not None and self.links.scenes.wait_credit(0.0):
-      if self.links.scenes.send(self.pending_scene, 0.0):
-        self.pending_scene = None
+      if self.links.scenes.send(self.pending_scene, 0.0, frames=self.pending_frames):
+        self.pending_scene = self.pending_frames = None
         self.scenes_forwarded += 1
 
   # ACT

@@ -202,9 +202,10 @@ class CreditProducer:
       self._pump(min(left, self.hello_interval_s))
     return True
 
-  def send(self, msg: codec.Message, timeout_s: float) -> bool:
-    """Sends when a credit is (or becomes, within `timeout_s`) available; False when none came."""
-    frames = codec.encode(msg)
+  def send(self, msg: codec.Message, timeout_s: float, frames: list | None = None) -> bool:
+    """Sends when a credit is (or becomes, within `timeout_s`) available; False when none came. `frames`: the
+    message as received (a consumer's `last_frames`), forwarded as they are instead of encoding `msg` again."""
+    frames = codec.encode(msg) if frames is None else frames
     while self.wait_credit(timeout_s):
       peer = next(p for p, c in self.credits.items() if c > 0)
       try:
@@ -257,6 +258,7 @@ class CreditConsumer:
     self._batch = max(1, window // 4)
     self._last_data = time.monotonic()
     self.tracker = transport.SequenceTracker(metrics)
+    self.last_frames: list | None = None  # the frames of the message `recv` returned last, as received
     self.decode_errors: collections.Counter = collections.Counter()
     self.received = 0
     if not bind:
@@ -340,6 +342,7 @@ class CreditConsumer:
       self.received += 1
       self.tracker.observe_message(msg)
       self._last = peer
+      self.last_frames = body
       return msg
 
   def _maybe_rehello(self) -> None:

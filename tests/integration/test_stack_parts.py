@@ -177,6 +177,40 @@ def test_broker_balances_scenes_over_two_consumers_and_keeps_flow(tmp_path):
     ctx.destroy(linger=0)
 
 
+def test_broker_forwards_scene_frames_as_they_came(tmp_path):
+  """A batch built in one wire arena is header + one frame; the broker validates it and forwards those very bytes
+  in that framing (encoding it again would split the large array into its own frame and copy the small ones)."""
+  from shared.wire import arena as arena_lib, flow
+
+  common = runtime.CommonConfig(metrics_port=0, port_offset=supervisor.find_port_offset(), run_dir=str(tmp_path))
+  rt = runtime.Runtime("broker", common)
+  broker = broker_service.bootstrap(broker_config.BrokerConfig(), rt)
+  thread = threading.Thread(target=rt.run, args=(broker,), daemon=True)
+  thread.start()
+  ctx = transport.new_context()
+  cons = flow.CreditConsumer(ctx, runtime.endpoint(common, "scenes"), bind=False, window=1)
+  prod = flow.CreditProducer(ctx, runtime.endpoint(common, "scenes_in"), producer_id="loader", epoch=0)
+  try:
+    arena = arena_lib.Arena({"obs/flat": ((4, 16, 1024), np.float32), "action": ((4, 16), np.int32),
+                             "reward": ((4, 16), np.float32), "done": ((4, 16), bool), "valid": ((4, 16), bool)})
+    arena["obs/flat"][:] = np.arange(4 * 16 * 1024, dtype=np.float32).reshape(4, 16, 1024)
+    arena["valid"][:] = True
+    msg = schemas.make("Trajectory", "loader", 0, 0, dict(arena.arrays), params_version=0, env_steps=64)
+    sent = [bytes(memoryview(f)) for f in codec.encode(msg)]
+    assert len(sent) == 2 and len(codec.encode(codec.decode(sent))) == 3  # re-encoding would change the framing
+    assert prod.send(msg, timeout_s=10.0)
+    got = cons.recv(10.0)
+    assert got is not None and broker.scenes_forwarded == 1
+    assert [bytes(memoryview(f)) for f in cons.last_frames] == sent
+    np.testing.assert_array_equal(got.arrays["obs/flat"], arena["obs/flat"])
+  finally:
+    rt.stop.set()
+    thread.join(10)
+    for s in (cons, prod):
+      s.close()
+    ctx.destroy(linger=0)
+
+
 class _FakeProc:
   def __init__(self, code):
     self.returncode, self.pid = code, 4242
