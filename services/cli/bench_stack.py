@@ -72,7 +72,8 @@ def run_in_process(args: argparse.Namespace) -> dict:
   import jax
   import numpy as np
 
-  from services.common import policy_net, runtime
+  from services.common import runtime
+  from shared.acting import policy_net
   from services.learner import algo as algo_lib
   from services.learner import config as learner_config
   from services.replay import config as replay_config
@@ -80,7 +81,7 @@ def run_in_process(args: argparse.Namespace) -> dict:
   from services.scene_loader import config as loader_config
   from services.scene_loader import service as loader_service
   from services.simulator import config as sim_config
-  from services.simulator import engine as engine_lib
+  from shared.acting import engine as engine_lib
   from services.simulator import service as sim_service
   from shared.scenes import dataset
 

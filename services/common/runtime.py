@@ -47,7 +47,7 @@ class CommonConfig:
     scenes: "synthetic" or a folder of scene files [DRIVELAB_SCENES].
     run_dir: where checkpoints and reports go [DRIVELAB_RUN_DIR].
     algo: the learner's algorithm, "ppo" or "bc" (replay serves expert data for "bc") [DRIVELAB_ALGO].
-    net, preset: the policy network every process builds (services.common.policy_net: net "mlp" or "perceiver",
+    net, preset: the policy network every process builds (shared.acting.policy_net: net "mlp" or "perceiver",
       preset "tiny", "small", "base" or "large") [DRIVELAB_NET, DRIVELAB_NET_PRESET].
     params_seed: seed of the version-0 params, which every process computes identically [DRIVELAB_PARAMS_SEED].
     log_level: logging level name [DRIVELAB_LOG_LEVEL].

@@ -18,9 +18,10 @@ import time
 from typing import Any, Sequence
 
 
-from services.common import policy_net, runtime, scenario_codec
+from services.common import runtime, scenario_codec
+from shared.acting import policy_net
 from services.evaluator import config as config_lib
-from services.simulator import engine as engine_lib
+from shared.acting import engine as engine_lib
 from shared.sim import episode
 from shared.wire import flow, transport
 

@@ -6,7 +6,7 @@ ROUTER and says "ready" (a Heartbeat with status "ready") when it starts and whe
 every reply [client id, *reply frames] returns one slot (a request it cannot answer is released with a Heartbeat
 status "rejected" in the reply's place). All requests that are waiting are merged into one forward
 pass (up to `max_batch_requests`), padded to a power of two rows so jit compiles only a few shapes.
-Policy: services.common.policy_net (the project's Agent over the flat features the simulators send). Params: the
+Policy: shared.acting.policy_net (the project's Agent over the flat features the simulators send). Params: the
 newest version from the learner's PUB; version 0 (`init_flat`, identical in every process) until one arrives.
 """
 
@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import zmq
 
-from services.common import policy_net, runtime
+from services.common import runtime
+from shared.acting import policy_net
 from services.inference import config as config_lib
 from shared.wire import codec, schemas, transport
 

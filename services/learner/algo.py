@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from services.common import policy_net
+from shared.acting import policy_net
 from services.learner import config as config_lib
 from shared.algos import bc, bc_update, distributed, ppo, ppo_update, training
 

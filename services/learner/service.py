@@ -2,7 +2,7 @@
 
 `--algo ppo|bc` (common setting, so replay serves the matching table): the update steps are the fused path's own
 (services.learner.algo over shared.algos.ppo_update / bc_update) on the stack's policy network
-(services.common.policy_net: `--net`, `--preset`). PPO takes V-trace targets by default (the simulators act with
+(shared.acting.policy_net: `--net`, `--preset`). PPO takes V-trace targets by default (the simulators act with
 params that lag the learner's); BC clones the scene loader's logged expert actions from replay's expert table.
 
 Versions: version 0 is the params every process computes on its own (`PolicyNet.init_flat`); every update publishes
@@ -38,7 +38,8 @@ import jax
 import numpy as np
 import prometheus_client
 
-from services.common import policy_net, runtime
+from services.common import runtime
+from shared.acting import policy_net
 from services.learner import algo as algo_lib
 from services.learner import checkpoint
 from services.learner import config as config_lib

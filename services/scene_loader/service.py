@@ -116,8 +116,8 @@ def bootstrap(cfg: config_lib.SceneLoaderConfig, rt: runtime.Runtime, scenes=Non
                                                curve=client))
   expert = None
   if cfg.emit_expert:
-    from services.common import policy_net
-    from services.simulator import engine as engine_lib
+    from shared.acting import policy_net
+    from shared.acting import engine as engine_lib
     from shared.sim import env
 
     links.expert_out = flow.CreditProducer(rt.ctx, runtime.endpoint(rt.common, "expert"), bind=False,

@@ -22,8 +22,6 @@ class SimulatorConfig:
     send_timeout_s: how long a Trajectory waits for replay's credit before it is dropped and counted.
     act_timeout_s: inference round-trip timeout (service mode); a timed-out request is retried.
     seed: PRNG seed (a process adds its pid so replicas differ).
-    warmup: compile the simulator's functions for the scene loader's batches (into JAX's persistent cache) and
-      exit, connecting nothing (`drivelab up --warmup` runs this before starting the stack).
   """
 
   mode: str = "fused"
@@ -34,7 +32,6 @@ class SimulatorConfig:
   send_timeout_s: float = 60.0
   act_timeout_s: float = 5.0
   seed: int = 0
-  warmup: bool = False
 
 
 ENV = {"mode": "DRIVELAB_SIMULATOR_MODE", "unroll_length": "DRIVELAB_SIMULATOR_UNROLL",

@@ -19,9 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from services.common import policy_net, runtime, scenario_codec
+from services.common import runtime, scenario_codec
+from shared.acting import policy_net
 from services.simulator import config as config_lib
-from services.simulator import engine as engine_lib
+from shared.acting import engine as engine_lib
 from shared.wire import flow, schemas, transport
 
 log = logging.getLogger(__name__)
@@ -171,34 +172,6 @@ def bootstrap(cfg: config_lib.SimulatorConfig, rt: runtime.Runtime, engine=None)
   return Simulator(cfg, rt, links, engine)
 
 
-def warmup(cfg: config_lib.SimulatorConfig) -> None:
-  """Compiles reset and one unroll, and the evaluator's episode, on batches shaped like the scene loader's (each
-  service's config.py reads its own settings), so the stack's processes find them in JAX's persistent cache."""
-  from services.evaluator import config as evaluator_config
-  from services.evaluator import service as evaluator_service
-  from services.scene_loader import config as loader_config
-  from services.scene_loader import service as loader_service
-  from shared.scenes import types
-
-  lc, common = loader_config.load([])
-  scenarios, _ = loader_service.load_scenes("synthetic", dataclasses.replace(lc, num_synthetic=lc.batch_size))
-  batch = types.stack(scenarios)
-  engines = (engine_lib.Engine(env_config(cfg), cfg.unroll_length, seed=cfg.seed,
-                               policy=policy_net.from_common(common, env_config(cfg))),
-             evaluator_service.make_engine(evaluator_config.load([])[0], common))
-  for engine, run in zip(engines, (engine_lib.Engine.collect, engine_lib.Engine.evaluate)):
-    t0 = time.monotonic()
-    engine.load(batch)
-    run(engine, engine.policy.init_flat())
-    log.info("event=warmup what=%s compiled_s=%.1f", run.__name__, time.monotonic() - t0)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   cfg, common = config_lib.load(argv)
-  if cfg.warmup:
-    from shared.telemetry import logging as tlog
-
-    tlog.setup_logging("simulator", common.log_level)
-    warmup(cfg)
-    return 0
   return runtime.run_main("simulator", cfg, common, bootstrap)

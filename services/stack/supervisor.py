@@ -53,11 +53,11 @@ class StackConfig:
     extra_env: more env vars for every child (e.g. DRIVELAB_SCENE_MAX_OBJECTS).
     stagger: start simulator replicas after the first has compiled (one compile at a time on small machines);
       moot after a successful warm-up.
-    warmup: before starting anything (and the duration clock), run `serve simulator --warmup` once so the
+    warmup: before starting anything (and the duration clock), run `python -m services.stack.warmup` once so the
       simulator's compiles are in JAX's persistent cache.
     algo: the learner's algorithm, "ppo" or "bc" (bc also turns on the scene loaders' expert trajectories);
       "" = DRIVELAB_ALGO from the environment, else the services' default (ppo).
-    net, preset: the policy network every process builds (services.common.policy_net); "" = DRIVELAB_NET /
+    net, preset: the policy network every process builds (shared.acting.policy_net); "" = DRIVELAB_NET /
       DRIVELAB_NET_PRESET from the environment, else the default (mlp, small).
   """
 
@@ -270,7 +270,7 @@ class Supervisor:
     self.say("warming up: compiling the simulator into JAX's persistent cache")
     t0 = time.monotonic()
     with open(os.path.join(self.cfg.run_dir, "logs", "warmup.log"), "ab") as logf:
-      proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "serve", "simulator", "--warmup", "true"],
+      proc = subprocess.Popen([sys.executable, "-m", "services.stack.warmup"],
                               env=self.child_env(child), stdout=logf, stderr=subprocess.STDOUT)
       while proc.poll() is None and not self.stop.wait(0.2):
         pass

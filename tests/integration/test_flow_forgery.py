@@ -22,7 +22,8 @@ import pytest
 import zmq
 
 from services.broker import config as broker_config, service as broker_service
-from services.common import policy_net, runtime
+from services.common import runtime
+from shared.acting import policy_net
 from services.inference import config as inference_config, service as inference_service
 from services.stack import supervisor
 from shared.wire import codec, flow, registry, schemas, transport

@@ -20,7 +20,8 @@ import pytest
 import zmq
 
 from services.broker import config as broker_config, service as broker_service
-from services.common import policy_net, runtime
+from services.common import runtime
+from shared.acting import policy_net
 from services.inference import config as inference_config, service as inference_service
 from services.learner import algo as learner_algo, config as learner_config, service as learner_service
 from services.replay import config as replay_config, service as replay_service

@@ -1,6 +1,6 @@
 """The stack's parts one at a time: configs, endpoints, the broker's load balancer with the real inference worker,
 replay's batch layout, the evaluator's summary, the supervisor's restart bookkeeping, the simulator's shell. The
-policy is the real network (services.common.policy_net, "tiny" preset). Real ZeroMQ on 127.0.0.1 where sockets
+policy is the real network (shared.acting.policy_net, "tiny" preset). Real ZeroMQ on 127.0.0.1 where sockets
 are involved; no simulator compile.
 """
 
@@ -18,10 +18,10 @@ from services.broker import config as broker_config, service as broker_service
 from services.common import runtime
 from services.evaluator import service as evaluator_service
 from services.inference import config as inference_config, service as inference_service
-from services.common import policy_net
+from shared.acting import policy_net
 from services.replay import service as replay_service
 from services.simulator import config as sim_config
-from services.simulator import engine as engine_lib
+from shared.acting import engine as engine_lib
 from services.simulator import service as simulator_service
 from services.stack import supervisor
 from shared.sim import episode

@@ -14,12 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from services.common import policy_net, runtime
+from services.common import runtime
+from shared.acting import policy_net
 from services.learner import algo as algo_lib
 from services.learner import checkpoint
 from services.learner import config as config_lib
 from services.learner import service as learner_service
-from services.simulator import engine as engine_lib
+from shared.acting import engine as engine_lib
 from shared.nets import heads, inputs
 from shared.scenes import synthetic, types
 from shared.sim import env

@@ -8,7 +8,7 @@ on its own (`agent.host_init(seed, ...)`, numpy on the host: no compile) and nob
   flat = pn.init_flat()                          # {"params/encoder/Dense_0/kernel": ndarray, ...}: the Params message
   action, logp, value = pn.select_action(flat, feat, rng, greedy=False)   # feat (B, F) -> (B,) each; jit-able
 
-Shapes: F = `pn.num_features` = every Observation leaf of one agent flattened (services.simulator.engine's
+Shapes: F = `pn.num_features` = every Observation leaf of one agent flattened (shared.acting.engine's
 `flat_features`); `pn.layout` (shared.nets.inputs.FlatLayout) turns (..., F) back into the NetInput the Agent reads.
 Params travel flattened to "/"-joined keys (flax.traverse_util) and come back nested with `from_flat`.
 Presets: shared.nets.actor_critic's "tiny" (tests, quick stacks and benchmarks), "small" (~0.75M), "base" (~2.5M),

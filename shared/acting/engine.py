@@ -5,7 +5,7 @@ Two ways to act (DESIGN.md "Data flow"):
   fused   `collect(params, num_steps)`: the policy runs inside one jitted `lax.scan` over env.step_batch.
   service `features()` -> ask the inference service -> `step(actions)`: one jitted env step per round trip.
 
-The policy is services.common.policy_net's PolicyNet (the project's Agent over flat features); params are its
+The policy is shared.acting.policy_net's PolicyNet (the project's Agent over flat features); params are its
 flat "/"-keyed dict (the Params message's arrays).
 
 Shapes (S scenes, O objects, M acting rows per scene, F features, T steps; B = S * M agents, flattened
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from services.common import policy_net
+from shared.acting import policy_net
 from shared.algos import rows as rows_lib
 from shared.scenes import types
 from shared.sim import actions as actions_lib
