@@ -4,19 +4,17 @@ ScenarioBatches it receives and those the two simulators receive meanwhile, and 
 
   JAX_PLATFORMS=cpu .venv/bin/python benchmarks/scripts/forge_scenes.py [OUT.json]
 """
-import io
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
-from services.cli import provenance  # noqa: E402
+from services.cli import bench_stack, provenance  # noqa: E402
 from services.common import runtime  # noqa: E402
 from services.stack import supervisor  # noqa: E402
 from shared.wire import flow  # noqa: E402
@@ -30,11 +28,8 @@ def ctrl(op, n, window=None):
 
 
 def main(out: str) -> None:
-  with tempfile.TemporaryDirectory(prefix="forge-") as run_dir:
-    cfg = supervisor.StackConfig(simulators=2, run_dir=run_dir)
-    sup = supervisor.Supervisor(cfg, out=io.StringIO())
-    thread = threading.Thread(target=sup.run, daemon=True)
-    thread.start()
+  with tempfile.TemporaryDirectory(prefix="forge-") as run_dir, \
+       bench_stack.running_stack(supervisor.StackConfig(simulators=2, run_dir=run_dir), 300.0) as sup:
     sims = [c for c in sup.children if c.service == "simulator"]
     broker = next(c for c in sup.children if c.service == "broker")
     scrape = lambda c: supervisor.scrape_metrics(c.metrics_port, 2.0)
@@ -42,11 +37,6 @@ def main(out: str) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     try:
-      deadline = time.monotonic() + 300
-      while not all(scrape(c).get("drivelab_agent_steps_total", 0.0) > 0 for c in sims):
-        if time.monotonic() > deadline:
-          raise RuntimeError("simulators produced no data within 300 s")
-        time.sleep(1.0)
       sock.connect(f"tcp://127.0.0.1:{runtime.link_port('scenes', sup.port_offset)}")
 
       def count(seconds):
@@ -77,8 +67,6 @@ def main(out: str) -> None:
     finally:
       sock.close(linger=0)
       ctx.term()
-      sup.stop.set()
-      thread.join(60)
   print(json.dumps(result, indent=1))
   provenance.write_result(out, result)
 

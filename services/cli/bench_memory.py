@@ -13,11 +13,9 @@ benchmarks/results/memory.json).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
-import threading
 import time
 
 from services.cli import provenance
@@ -63,20 +61,11 @@ def summarize(series: dict[str, list[tuple[float, float, int]]], max_growth: flo
 
 
 def run_stack(args: argparse.Namespace, run_dir: str) -> dict:
+  from services.cli import bench_stack
   from services.stack import supervisor
 
   cfg = supervisor.StackConfig(simulators=args.simulators, run_dir=run_dir, scenes=args.scenes)
-  sup = supervisor.Supervisor(cfg, out=io.StringIO())
-  thread = threading.Thread(target=sup.run, daemon=True)
-  thread.start()
-  sims = [c for c in sup.children if c.service == "simulator"]
-  steps = lambda c: supervisor.scrape_metrics(c.metrics_port, timeout_s=2.0).get("drivelab_agent_steps_total", 0.0)
-  try:
-    deadline = time.monotonic() + args.start_timeout
-    while not all(c.proc is not None and steps(c) > 0 for c in sims):
-      if time.monotonic() > deadline:
-        raise RuntimeError(f"simulators produced no data within {args.start_timeout} s; see {run_dir}/logs")
-      time.sleep(1.0)
+  with bench_stack.running_stack(cfg, args.start_timeout) as sup:
     time.sleep(args.warmup)
     series: dict[str, list[tuple[float, float, int]]] = {c.name: [] for c in sup.children}
     t0 = time.monotonic()
@@ -87,10 +76,8 @@ def run_stack(args: argparse.Namespace, run_dir: str) -> dict:
         if rss is not None:
           series[c.name].append((time.monotonic() - t0, rss, pid))
       time.sleep(args.interval)
-    agent_steps = sum(steps(c) for c in sims)
-  finally:
-    sup.stop.set()
-    thread.join(60)
+    ports = [c.metrics_port for c in sup.children if c.service == "simulator"]
+    agent_steps = bench_stack._total_steps(ports)
   return {"series": series, "agent_steps_total": agent_steps, "seconds": time.monotonic() - t0}
 
 
@@ -118,12 +105,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
   p = subparsers.add_parser("memory", help="every service's RSS over a drivelab up run: flat after warm-up?")
-  p.add_argument("--simulators", type=int, default=2, help="simulator replicas in the stack")
-  p.add_argument("--scenes", default="synthetic", help='"synthetic" or a scene folder')
-  p.add_argument("--seconds", type=float, default=120.0, help="measured seconds after warm-up")
-  p.add_argument("--warmup", type=float, default=30.0, help="seconds after the first data before measuring")
+  from services.cli import bench_stack
+
+  bench_stack.add_stack_args(p, simulators=2, seconds=120.0, out="benchmarks/results/memory.json")
   p.add_argument("--interval", type=float, default=2.0, help="seconds between RSS samples")
   p.add_argument("--max-growth", type=float, default=0.10, help="allowed RSS growth after warm-up (fraction)")
-  p.add_argument("--start-timeout", type=float, default=300.0, help="most seconds to wait for compiled simulators")
-  p.add_argument("--out", default="benchmarks/results/memory.json", help="JSON result file")
   p.set_defaults(func=run)

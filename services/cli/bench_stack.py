@@ -13,6 +13,7 @@ Results (command line, git commit, machine, UTC time) go to --out (default bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -40,28 +41,50 @@ def _total_steps(ports: list[int]) -> float:
   return sum(supervisor.scrape_metrics(p, timeout_s=2.0).get("drivelab_agent_steps_total", 0.0) for p in ports)
 
 
-def run_stack(args: argparse.Namespace, run_dir: str) -> dict:
+@contextlib.contextmanager
+def running_stack(cfg, start_timeout_s: float):
+  """A local stack (services.stack.supervisor) in a thread, yielded once every simulator has produced data (its
+  agent-steps counter moved); stopped on exit. RuntimeError when none did within `start_timeout_s`."""
   from services.stack import supervisor
 
-  cfg = supervisor.StackConfig(simulators=args.simulators, inference=0, scene_loaders=1, evaluator=False,
-                               mode="fused", run_dir=run_dir, scenes=args.scenes)
   sup = supervisor.Supervisor(cfg, out=io.StringIO())
   thread = threading.Thread(target=sup.run, daemon=True)
   thread.start()
   ports = [c.metrics_port for c in sup.children if c.service == "simulator"]
   try:
-    deadline = time.monotonic() + args.start_timeout
+    deadline = time.monotonic() + start_timeout_s
     while not all(_total_steps([p]) > 0 for p in ports):
       if time.monotonic() > deadline:
-        raise RuntimeError(f"simulators produced no data within {args.start_timeout} s; see {run_dir}/logs")
+        raise RuntimeError(f"simulators produced no data within {start_timeout_s} s; see {cfg.run_dir}/logs")
       time.sleep(1.0)
+    yield sup
+  finally:
+    sup.stop.set()
+    thread.join(60)
+
+
+def add_stack_args(p: argparse.ArgumentParser, simulators: int, seconds: float, out: str) -> None:
+  """The flags every benchmark of a running stack takes."""
+  p.add_argument("--simulators", type=int, default=simulators, help="simulator replicas in the stack")
+  p.add_argument("--scenes", default="synthetic", help='"synthetic" or a scene folder')
+  p.add_argument("--seconds", type=float, default=seconds, help="measured seconds")
+  p.add_argument("--warmup", type=float, default=10.0 if seconds < 60 else 30.0,
+                 help="seconds after the first data before measuring")
+  p.add_argument("--start-timeout", type=float, default=300.0, help="most seconds to wait for compiled simulators")
+  p.add_argument("--out", default=out, help="JSON result file")
+
+
+def run_stack(args: argparse.Namespace, run_dir: str) -> dict:
+  from services.stack import supervisor
+
+  cfg = supervisor.StackConfig(simulators=args.simulators, inference=0, scene_loaders=1, evaluator=False,
+                               mode="fused", run_dir=run_dir, scenes=args.scenes)
+  with running_stack(cfg, args.start_timeout) as sup:
+    ports = [c.metrics_port for c in sup.children if c.service == "simulator"]
     time.sleep(args.warmup)
     t0, c0 = time.monotonic(), _total_steps(ports)
     time.sleep(args.seconds)
     t1, c1 = time.monotonic(), _total_steps(ports)
-  finally:
-    sup.stop.set()
-    thread.join(60)
   return {"agent_steps_per_s": (c1 - c0) / (t1 - t0), "agent_steps": c1 - c0, "seconds": t1 - t0,
           "simulators": args.simulators}
 
@@ -134,10 +157,5 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
   p = subparsers.add_parser("stack", help="agent-steps/s through the full stack vs the same work in one process")
-  p.add_argument("--simulators", type=int, default=1, help="simulator replicas in the stack")
-  p.add_argument("--scenes", default="synthetic", help='"synthetic" or a scene folder')
-  p.add_argument("--seconds", type=float, default=30.0, help="measured seconds on each side")
-  p.add_argument("--warmup", type=float, default=10.0, help="seconds after the first data before measuring")
-  p.add_argument("--start-timeout", type=float, default=240.0, help="most seconds to wait for compiled simulators")
-  p.add_argument("--out", default="benchmarks/results/stack.json", help="JSON result file")
+  add_stack_args(p, simulators=1, seconds=30.0, out="benchmarks/results/stack.json")
   p.set_defaults(func=run)

@@ -146,17 +146,27 @@ def test_load_balancer_routes_replies_to_their_clients(lb):
     ctx.term()
 
 
-def test_broker_balances_scenes_over_two_consumers_and_keeps_flow(tmp_path):
-  """The broker service's scenes side: 20 messages from a loader reach two window-1 consumers round robin, and the
-  broker forwards each exactly once."""
-  from shared.wire import flow
-
+@pytest.fixture()
+def scenes_broker(tmp_path):
+  """The broker service in a thread and a zmq context: yields (common, broker, ctx)."""
   common = runtime.CommonConfig(metrics_port=0, port_offset=supervisor.find_port_offset(), run_dir=str(tmp_path))
   rt = runtime.Runtime("broker", common)
   broker = broker_service.bootstrap(broker_config.BrokerConfig(), rt)
   thread = threading.Thread(target=rt.run, args=(broker,), daemon=True)
   thread.start()
   ctx = transport.new_context()
+  yield common, broker, ctx
+  rt.stop.set()
+  thread.join(10)
+  ctx.destroy(linger=0)
+
+
+def test_broker_balances_scenes_over_two_consumers_and_keeps_flow(scenes_broker):
+  """The broker service's scenes side: 20 messages from a loader reach two window-1 consumers round robin, and the
+  broker forwards each exactly once."""
+  from shared.wire import flow
+
+  common, broker, ctx = scenes_broker
   consumers = [flow.CreditConsumer(ctx, runtime.endpoint(common, "scenes"), bind=False, window=1) for _ in range(2)]
   prod = flow.CreditProducer(ctx, runtime.endpoint(common, "scenes_in"), producer_id="loader", epoch=0)
   counts, sent = [0, 0], 0
@@ -170,24 +180,16 @@ def test_broker_balances_scenes_over_two_consumers_and_keeps_flow(tmp_path):
     assert sum(counts) == 20 and min(counts) >= 5, counts
     assert broker.scenes_forwarded == 20
   finally:
-    rt.stop.set()
-    thread.join(10)
     for s in consumers + [prod]:
       s.close()
-    ctx.destroy(linger=0)
 
 
-def test_broker_forwards_scene_frames_as_they_came(tmp_path):
+def test_broker_forwards_scene_frames_as_they_came(scenes_broker):
   """A batch built in one wire arena is header + one frame; the broker validates it and forwards those very bytes
   in that framing (encoding it again would split the large array into its own frame and copy the small ones)."""
   from shared.wire import arena as arena_lib, flow
 
-  common = runtime.CommonConfig(metrics_port=0, port_offset=supervisor.find_port_offset(), run_dir=str(tmp_path))
-  rt = runtime.Runtime("broker", common)
-  broker = broker_service.bootstrap(broker_config.BrokerConfig(), rt)
-  thread = threading.Thread(target=rt.run, args=(broker,), daemon=True)
-  thread.start()
-  ctx = transport.new_context()
+  common, broker, ctx = scenes_broker
   cons = flow.CreditConsumer(ctx, runtime.endpoint(common, "scenes"), bind=False, window=1)
   prod = flow.CreditProducer(ctx, runtime.endpoint(common, "scenes_in"), producer_id="loader", epoch=0)
   try:
@@ -204,11 +206,8 @@ def test_broker_forwards_scene_frames_as_they_came(tmp_path):
     assert [bytes(memoryview(f)) for f in cons.last_frames] == sent
     np.testing.assert_array_equal(got.arrays["obs/flat"], arena["obs/flat"])
   finally:
-    rt.stop.set()
-    thread.join(10)
     for s in (cons, prod):
       s.close()
-    ctx.destroy(linger=0)
 
 
 class _FakeProc:
