@@ -19,7 +19,9 @@ in `registry.LINKS`:
 What a peer may claim is bounded, since anyone who reaches a bound port can send these frames (with CURVE on, only
 holders of a trusted key can connect at all):
   * A ROUTER producer takes credit only from peers that said hello, and never more than the window the peer
-    declared, itself capped by `max_window`: a forged grant of 10^9 buys nothing, a forged hello one window.
+    declared, itself capped by `max_window`: a forged grant of 10^9 buys nothing, a forged hello one window. A
+    peer that goes on granting as messages reach it is a consumer like any other (grants it sent ahead, taken
+    after a send, count so too) and gets its round-robin share, never more than the others.
   * A ROUTER consumer keeps per-peer state for at most `max_peers` peers (least recently heard evicted) and drops
     well-formed data a peer sends beyond the credit it was granted (malformed data counts as a decode error, as
     from anyone), so data from a peer that never said hello is dropped (a producer whose consumer restarted loses
