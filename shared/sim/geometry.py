@@ -269,20 +269,12 @@ def brute_force_edge_distance(roads: types.RoadPoints, points):
   return jnp.where(cross >= 0.0, -dist, dist)
 
 
-def candidate_reach(roads: types.RoadPoints, candidates, x, y):
-  """Distance (O,) from each object to its nearest road candidate of any kind (inf if it has none).
+def cached_candidate_reach(cache: CandidateCache, x, y):
+  """Distance (O,) from each object to its nearest cached road candidate of any kind (inf if it has none).
 
   Large values mean the candidates were picked somewhere else (an object that was not valid at the last refresh
   reports its padded position): metrics should not trust candidate-based answers for it until the next refresh.
   """
-  chex.assert_rank([candidates, x], [2, 1])
-  c = jnp.maximum(candidates, 0)
-  d = jnp.hypot(roads.x[c] - x[:, None], roads.y[c] - y[:, None])
-  return jnp.min(jnp.where((candidates >= 0) & roads.valid[c], d, jnp.inf), 1)
-
-
-def cached_candidate_reach(cache: CandidateCache, x, y):
-  """candidate_reach from a CandidateCache."""
   d = jnp.hypot(cache.x - x[:, None], cache.y - y[:, None])
   return jnp.min(jnp.where(cache.ok, d, jnp.inf), 1)
 
