@@ -218,6 +218,9 @@ def watch_params(rt: "Runtime", curve=None) -> ParamsWatcher:
   return ParamsWatcher(sub)
 
 
+ERROR_BACKOFF_FIRST_S, ERROR_BACKOFF_MAX_S = 0.001, 0.1
+
+
 class Service(Protocol):
   def run_once(self) -> None: ...
 
@@ -245,6 +248,7 @@ class Runtime:
     self._last_heartbeat = time.monotonic()
     self.metrics_port: int | None = None
     self.curve_keys = transport.curve_keys_from_files(common.curve_dir) if common.curve_dir else None
+    self.sleep = time.sleep  # the error backoff's (a test may swap it)
     self._authenticator = None
 
   def curve(self, bind: bool):
@@ -276,8 +280,11 @@ class Runtime:
     log.info("event=heartbeat uptime_s=%.0f %s", now - self.started_s, extra)
 
   def run(self, svc: Service) -> None:
-    """Calls `svc.run_once()` until stopped; a handler bug is logged in one line and the loop goes on."""
+    """Calls `svc.run_once()` until stopped. A handler error is counted (decode_errors{reason="handler_exception"}),
+    logged in one line (at most one a second) and the loop goes on at once; only errors in a row back off (1 ms,
+    doubling up to 100 ms), so a bad message costs no time but a handler that always fails does not spin."""
     log.info("event=start producer=%s epoch=%d", self.producer_id, self.epoch)
+    errors_in_a_row, last_error_log = 0, -1.0
     try:
       while not self.stop.is_set():
         if self.common.parent_pid and os.getppid() != self.common.parent_pid:
@@ -285,15 +292,22 @@ class Runtime:
           break
         try:
           svc.run_once()
+          errors_in_a_row = 0
         except (KeyboardInterrupt, SystemExit):
           raise
         except zmq.ContextTerminated:
           break
         except Exception as e:  # keep serving: one bad batch must not take the process down
-          log.error("event=handler_error error=%s detail=%r", type(e).__name__, " ".join(str(e).split())[:300])
-          log.debug("event=handler_error_traceback", exc_info=True)
+          errors_in_a_row += 1
           self.metrics.decode_error("handler_exception")
-          time.sleep(0.1)
+          now = time.monotonic()
+          if now - last_error_log >= 1.0:  # at most one line a second, however fast errors come
+            log.error("event=handler_error error=%s detail=%r errors_in_a_row=%d", type(e).__name__,
+                      " ".join(str(e).split())[:300], errors_in_a_row)
+            log.debug("event=handler_error_traceback", exc_info=True)
+            last_error_log = now
+          if errors_in_a_row > 1:  # an isolated error costs no time; a loop that always fails backs off
+            self.sleep(min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_FIRST_S * 2 ** (errors_in_a_row - 2)))
     finally:
       svc.close()
       if self._authenticator is not None:

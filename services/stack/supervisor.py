@@ -311,7 +311,15 @@ class Supervisor:
         self.start_deferred()
     finally:
       self.shutdown()
-    return 0
+    return self.exit_code()
+
+  def exit_code(self) -> int:
+    """1 when the supervisor gave up on any child (it exited more than max_restarts times), else 0: a stack that
+    ran on without one of its processes did not run as asked."""
+    lost = [c.name for c in self.children if c.given_up]
+    if lost:
+      self.say(f"exit code 1: gave up on {', '.join(lost)}")
+    return int(bool(lost))
 
   def shutdown(self, timeout_s: float = 60.0) -> None:
     """SIGTERM to every child (scaled services first, binders last), then SIGKILL whatever is left."""

@@ -235,7 +235,9 @@ def test_supervisor_plan_restart_count_and_targets(tmp_path):
   for c in sup.children:
     sup.start(c)
   sup.watch_once()
+  assert sup.exit_code() == 0  # every child restarted: nothing lost yet
   sup.watch_once()  # max_restarts=1: the second exit gives up instead of looping
+  assert sup.exit_code() == 1  # and `drivelab up` says so in its exit status
   restarts = sup.registry.get_sample_value("drivelab_restarts_total", {"component": "simulator"})
   assert restarts == 3.0 and all(c.given_up for c in sup.children)
   targets = sup.targets()
@@ -424,3 +426,28 @@ def test_replay_masks_stale_items_and_keeps_an_arena_batch_one_frame(tmp_path, i
     assert len(codec.encode(schemas.make("ReplayBatch", "replay", 0, table="trajectories", params_version=0,
                                          staleness_versions=10, arrays=arrays))) == 2
   rt.ctx.term()
+
+
+def test_a_handler_error_costs_no_time_and_errors_in_a_row_back_off(tmp_path):
+  """Runtime.run: an isolated handler error is counted and the loop goes straight on (no sleep); only errors in a row
+  back off, doubling from 1 ms up to 100 ms, and the first success resets that."""
+  rt = runtime.Runtime("x", runtime.CommonConfig(metrics_port=0, run_dir=str(tmp_path)))
+  sleeps = []
+  rt.sleep = sleeps.append
+  # ok, error, ok, then 9 errors in a row, ok, error, then stop
+  plan = iter([True, False, True] + [False] * 9 + [True, False])
+
+  class Svc:
+    def run_once(self):
+      step = next(plan, None)
+      if step is None:
+        rt.stop.set()
+      elif not step:
+        raise ValueError("bad batch")
+
+    def close(self):
+      pass
+
+  rt.run(Svc())
+  assert sleeps == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.1]  # errors 2..9 of the run of 9
+  assert rt.registry.get_sample_value("drivelab_decode_errors_total", {"reason": "handler_exception"}) == 11
