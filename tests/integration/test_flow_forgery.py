@@ -159,18 +159,31 @@ def test_forged_ready_on_act_backend_holds_at_most_the_slots(tmp_path):
     threads.append(threading.Thread(target=rts["inference"].run, args=(worker,), daemon=True))
     threads[-1].start()
 
+    failures = []
+
+    def assert_(ok: bool) -> None:
+      if not ok:
+        failures.append("a warm-up request was not answered")
+
     def ask(i: int, rid: int, timeout_s: float) -> bool:
       req = schemas.make("ActRequest", f"sim-{i}", rid, arrays={"obs/flat": np.zeros((3, f), np.float32)},
                          request_id=rid)
       return clients[i].request(req, timeout_s) is not None
 
-    assert ask(0, 0, 120.0)  # the real worker is up (its first answer pays the compile)
+    # The real worker is up and has compiled both batch shapes it will see (one request: 3 rows, padded to 4; its
+    # two slots at once: 6, padded to 8), so a compile under load cannot time requests out below.
+    warm = [threading.Thread(target=lambda i=i: assert_(ask(i, 0, 120.0))) for i in range(2)]
+    for th in warm:
+      th.start()
+    for th in warm:
+      th.join()
+    assert not failures, failures
     for _ in range(20):  # "ready" over and over: were each one a fresh window, it would take every request
       transport.send_message(stranger, ready)
     answered, stolen = [0] * len(clients), 0
 
     def simulate(i: int):  # the simulators ask at once, so requests queue up and every "ready" peer gets some
-      answered[i] = sum(ask(i, rid, 2.0) for rid in range(1, 5))
+      answered[i] = sum(ask(i, rid, 10.0) for rid in range(1, 5))  # a stolen request costs its client 10 s
 
     sims = [threading.Thread(target=simulate, args=(i,)) for i in range(len(clients))]
     for th in sims:

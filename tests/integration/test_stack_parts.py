@@ -202,7 +202,11 @@ def test_broker_forwards_scene_frames_as_they_came(scenes_broker):
     assert len(sent) == 2 and len(codec.encode(codec.decode(sent))) == 3  # re-encoding would change the framing
     assert prod.send(msg, timeout_s=10.0)
     got = cons.recv(10.0)
-    assert got is not None and broker.scenes_forwarded == 1
+    assert got is not None
+    deadline = time.monotonic() + 5  # the broker counts the batch just after sending it
+    while broker.scenes_forwarded < 1 and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert broker.scenes_forwarded == 1
     assert [bytes(memoryview(f)) for f in cons.last_frames] == sent
     np.testing.assert_array_equal(got.arrays["obs/flat"], arena["obs/flat"])
   finally:
