@@ -7,6 +7,7 @@ Modules (import the module, not its names: `from shared.sim import env`):
   inverse       infer_expert_actions, grid_expert_action: expert actions from the log
   control       select_controlled: which objects the policy drives
   geometry      boxes, overlaps, road candidates, road-edge distances
+  log_path      the logged path as a route: arc length, projection, continuation past the log's end
   observations  ObsConfig, observe: ego-frame normalised observations
   metrics       MetricsConfig, step_metrics: overlap, off-road, off-route, goal, progress, lights, comfort
   rewards       RewardConfig, compute_reward
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("actions", "control", "datatypes", "dynamics", "env", "episode", "geometry", "inverse", "metrics",
-            "observations", "prefetch", "rewards", "rollout")
+_MODULES = ("actions", "control", "datatypes", "dynamics", "env", "episode", "geometry", "inverse", "log_path",
+            "metrics", "observations", "prefetch", "rewards", "rollout")
 
 
 def __getattr__(name: str):

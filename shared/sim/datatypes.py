@@ -56,7 +56,7 @@ class SimState:
       do not sort the map again); None in hand-built states, then refreshes build it.
     road_cache: geometry.CandidateCache, the road candidates' attributes gathered at each refresh (steps read
       these (O, K) arrays instead of gathering from the map); None in hand-built states, then gathered on use.
-    path_end: geometry.PathEnd, where each logged path goes on past its end (depends on the log and the lanes
+    path_end: log_path.PathEnd, where each logged path goes on past its end (depends on the log and the lanes
       only: computed at reset); None in hand-built states, then computed on use.
   """
 

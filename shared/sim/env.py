@@ -49,6 +49,7 @@ import jax.numpy as jnp
 from shared.scenes.types import WOMD_INIT_STEP, Scenario
 from shared.sim import actions as actions_lib
 from shared.sim import control, dynamics, geometry, metrics, observations, rewards
+from shared.sim import log_path
 from shared.sim.datatypes import ObjectState, SimState
 
 
@@ -193,7 +194,7 @@ def reset(scenario: Scenario, rng, cfg: EnvConfig = EnvConfig()) -> SimState:
                    controlled=controlled, done=jnp.zeros(O, bool), goal_reached=jnp.zeros(O, bool),
                    road_candidates=jnp.zeros((O, cfg.num_road_candidates), jnp.int32), rng=rng,
                    road_index=geometry.build_road_index(scenario.roads),
-                   path_end=geometry.log_path_end(scenario.objects, scenario.roads))
+                   path_end=log_path.log_path_end(scenario.objects, scenario.roads))
   return refresh_candidates(state, cfg)
 
 

@@ -12,7 +12,7 @@ signals and the evaluator alike. Definitions:
     Waymax's convention); road_edge_distance_m is the largest corner value (positive = outside). Candidates that
     are far from the object (stale: it was not valid at the last refresh) are not trusted: offroad is False then.
   offroute / route_distance_m: distance to the object's own logged path above `offroute_distance_m`; the path goes
-    on past the log's end along the lanes that carry on from there, else straight (geometry.log_path_end,
+    on past the log's end along the lanes that carry on from there, else straight (log_path.log_path_end,
     project_on_log_path), so driving on along the road is not off-route.
   goal_reached: centre within `goal_radius_m` of (goal_x, goal_y) (GPUDrive: 2 m).
   progress_m: arc length of the logged path (continued past its end) at the projection of the current position.
@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from shared.scenes import types
 from shared.sim import geometry
+from shared.sim import log_path
 from shared.sim.datatypes import SimState
 
 
@@ -243,7 +244,7 @@ def _step_metrics(prev: SimState, state: SimState, cfg: MetricsConfig, rows, gap
   cache = road_cache(view)
   view_trig = trig if trig is None or rows is None else tuple(a[rows] for a in trig)
   offroad, edge_d = _offroad(view, cfg, cache, view_trig)
-  route_d, progress, nearest = geometry.project_on_log_path(log, o.x, o.y, view.path_end)
+  route_d, progress, nearest = log_path.project_on_log_path(log, o.x, o.y, view.path_end)
   goal_d = jnp.hypot(o.x - log.goal_x, o.y - log.goal_y)
   speed, accel, jerk, lat = _kinematics(pview, view, cfg)
   red = _red_light_run(pview, view, cfg, cache)

@@ -15,7 +15,7 @@ Per ego (O, ... or M, ...), all positions and directions rotated into the object
     two stop signs, the rest the nearest other points (lanes, lines, crosswalks); x, y, direction cos and sin,
     class one-hot (ROAD_CLASSES).
   route (O, num_route_points, 2) + route_mask: the object's own logged positions every `route_stride` steps after
-    its nearest logged point; past the end of its log, points on its continuation (geometry.log_path_end: along
+    its nearest logged point; past the end of its log, points on its continuation (log_path.log_path_end: along
     the lanes that carry on, else straight), one mean logged step length apart (ahead of the object's own
     projection once it is past the end); masked only in gaps of the log and for paths that never move (masked
     points hold the goal).
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from shared.scenes import types
 from shared.sim import geometry
+from shared.sim import log_path
 from shared.sim.datatypes import SimState
 
 CLIP = 2.0
@@ -248,9 +249,9 @@ def _route(state: SimState, e: _Egos, cfg: ObsConfig, nearest=None):
   """Logged-route points ahead (M, num_route_points, 2); nearest: the egos' nearest logged step (M,) when the
   caller already projected them on their paths (the env shares it with the metrics)."""
   log = jax.tree.map(lambda a: a[e.rows], state.scenario.objects)
-  end = geometry.log_path_end(log) if state.path_end is None else jax.tree.map(lambda a: a[e.rows], state.path_end)
+  end = log_path.log_path_end(log) if state.path_end is None else jax.tree.map(lambda a: a[e.rows], state.path_end)
   if nearest is None:
-    _, _, nearest = geometry.project_on_log_path(log, e.x, e.y, end)
+    _, _, nearest = log_path.project_on_log_path(log, e.x, e.y, end)
   T = log.x.shape[1]
   strides = cfg.route_stride * jnp.arange(1, cfg.num_route_points + 1)
   on_log = nearest < T
@@ -258,10 +259,10 @@ def _route(state: SimState, e: _Egos, cfg: ObsConfig, nearest=None):
   steps = jnp.minimum(ahead, T - 1)
   take = lambda a: jnp.take_along_axis(a, steps, 1)
   logged = on_log[:, None] & take(log.valid) & (ahead < T)
-  # Past the log's last valid step the route goes on along its continuation (geometry.log_path_end: along the
+  # Past the log's last valid step the route goes on along its continuation (log_path.log_path_end: along the
   # lanes that carry on, else straight; as the off-route metric sees it), one mean logged step length per step.
   # An ego already on the continuation (nearest = T + k: its segment k) gets points ahead of its own projection.
-  ax, ay, bx, by, arc0 = geometry.continuation_segments(end)
+  ax, ay, bx, by, arc0 = log_path.continuation_segments(end)
   k = jnp.clip(nearest - T, 0, arc0.shape[1] - 1)[:, None]
   pick = lambda a: jnp.take_along_axis(a, k, 1)[:, 0]
   t_max = jnp.where(k[:, 0] == arc0.shape[1] - 1, jnp.inf, 1.0)  # the last segment is a ray
@@ -271,7 +272,7 @@ def _route(state: SimState, e: _Egos, cfg: ObsConfig, nearest=None):
                      * end.step_m[:, None], ego_beyond[:, None] + strides.astype(jnp.float32) * end.step_m[:, None])
   ray = ~logged & (end.last >= 0)[:, None] & ((ahead > end.last_valid[:, None]) | ~on_log[:, None])
   mask = logged | ray
-  cx, cy = geometry.continuation_at(end, beyond)
+  cx, cy = log_path.continuation_at(end, beyond)
   px = jnp.where(logged, take(log.x), jnp.where(ray, cx, log.goal_x[:, None]))
   py = jnp.where(logged, take(log.y), jnp.where(ray, cy, log.goal_y[:, None]))
   rx, ry = _to_ego(px - e.x[:, None], py - e.y[:, None], e.cos[:, None], e.sin[:, None])

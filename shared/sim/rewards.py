@@ -22,6 +22,7 @@ import chex
 import jax.numpy as jnp
 
 from shared.sim import geometry
+from shared.sim import log_path
 from shared.sim.datatypes import SimState
 from shared.sim.metrics import StepMetrics
 
@@ -81,10 +82,10 @@ def compute_reward(metrics: StepMetrics, prev: SimState, state: SimState, cfg: R
   r += cfg.red_light * f(metrics.red_light_run) + cfg.stop_sign * f(metrics.stop_line_violation)
   if cfg.progress:  # static: skip the projection of prev when the term is off
     log = state.scenario.objects
-    _, prev_progress, _ = geometry.project_on_log_path(log, prev.objects.x, prev.objects.y, state.path_end)
+    _, prev_progress, _ = log_path.project_on_log_path(log, prev.objects.x, prev.objects.y, state.path_end)
     now = metrics.progress_m
     if cfg.progress_lead_m is not None:
-      lead_prev, lead_now = geometry.log_arc_length_at(log, jnp.stack([prev.t, state.t])) + cfg.progress_lead_m
+      lead_prev, lead_now = log_path.log_arc_length_at(log, jnp.stack([prev.t, state.t])) + cfg.progress_lead_m
       now, prev_progress = jnp.minimum(now, lead_now), jnp.minimum(prev_progress, lead_prev)
     delta = jnp.where(prev.objects.valid, now - prev_progress, 0.0)
     r += cfg.progress * jnp.clip(delta, -cfg.progress_clip_m, cfg.progress_clip_m)

@@ -13,6 +13,7 @@ import pytest
 
 from shared.scenes import gpudrive, padding, types
 from shared.sim import geometry
+from shared.sim import log_path
 
 
 def _gap(a, b):
@@ -120,11 +121,11 @@ def test_project_on_log_path_straight_line():
       vel_y=jnp.zeros((1, 10)), valid=jnp.asarray(valid[None]), length=jnp.ones(1), width=jnp.ones(1),
       object_type=jnp.ones(1, jnp.int32), object_id=jnp.zeros(1, jnp.int32), is_sdc=jnp.ones(1, bool),
       controllable=jnp.ones(1, bool), exists=jnp.ones(1, bool), goal_x=jnp.full(1, 9.0), goal_y=jnp.zeros(1))
-  d, arc, step = geometry.project_on_log_path(objects, jnp.asarray([2.3]), jnp.asarray([0.4]))
+  d, arc, step = log_path.project_on_log_path(objects, jnp.asarray([2.3]), jnp.asarray([0.4]))
   assert float(d[0]) == pytest.approx(0.4, abs=1e-6) and float(arc[0]) == pytest.approx(2.3, abs=1e-6)
   assert int(step[0]) == 2
   # Past the gap: segments 3->4 and 4->5 are missing, so arc length at x=6.5 is 3 (0..3) + 1.5 (5..6.5) = 4.5.
-  d, arc, step = geometry.project_on_log_path(objects, jnp.asarray([6.5]), jnp.asarray([-1.0]))
+  d, arc, step = log_path.project_on_log_path(objects, jnp.asarray([6.5]), jnp.asarray([-1.0]))
   assert float(d[0]) == pytest.approx(1.0, abs=1e-6) and float(arc[0]) == pytest.approx(4.5, abs=1e-6)
 
 
@@ -144,20 +145,20 @@ def test_log_path_continues_past_its_end_along_its_last_moving_segment():
   y = np.array([0, 1, 2, 3, 4, 5, 5, 5, 5, 5, 0], np.float32)
   valid = np.arange(11) < 10
   tr = _tracks(np.zeros(11), y, valid)
-  d, arc, step = geometry.project_on_log_path(tr, jnp.asarray([0.7]), jnp.asarray([9.0]))
+  d, arc, step = log_path.project_on_log_path(tr, jnp.asarray([0.7]), jnp.asarray([9.0]))
   assert float(d[0]) == pytest.approx(0.7, abs=1e-6) and float(arc[0]) == pytest.approx(9.0, abs=1e-5)
   assert int(step[0]) == 11  # T + 0: the continuation's first segment, from the end (0, 5) straight on
   # Behind the start there is no extension: the distance is to the first point.
-  d, arc, _ = geometry.project_on_log_path(tr, jnp.asarray([0.0]), jnp.asarray([-3.0]))
+  d, arc, _ = log_path.project_on_log_path(tr, jnp.asarray([0.0]), jnp.asarray([-3.0]))
   assert float(d[0]) == pytest.approx(3.0, abs=1e-6) and float(arc[0]) == pytest.approx(0.0, abs=1e-6)
-  end = geometry.log_path_end(tr)
+  end = log_path.log_path_end(tr)
   assert int(end.last[0]) == 4 and int(end.last_valid[0]) == 9
   assert (float(end.x[0]), float(end.y[0]), float(end.dir_x[0]), float(end.dir_y[0])) == (0.0, 5.0, 0.0, 1.0)
   assert float(end.step_m[0]) == pytest.approx(5 / 9)  # 5 m over the 9 segments between valid steps
   # A path that never moves has no direction to go on in: distance to its point.
   parked = _tracks(np.full(11, 2.0), np.zeros(11), valid)
-  d, _, _ = geometry.project_on_log_path(parked, jnp.asarray([6.0]), jnp.asarray([0.0]))
-  assert float(d[0]) == pytest.approx(4.0, abs=1e-6) and int(geometry.log_path_end(parked).last[0]) == -1
+  d, _, _ = log_path.project_on_log_path(parked, jnp.asarray([6.0]), jnp.asarray([0.0]))
+  assert float(d[0]) == pytest.approx(4.0, abs=1e-6) and int(log_path.log_path_end(parked).last[0]) == -1
 
 
 def _lane_roads():
@@ -187,23 +188,23 @@ def test_log_path_continues_along_the_lanes_past_its_end():
   # (element 4, nearer to the log but heading the other way) and not straight on.
   valid = np.arange(11) < 6
   tr = _tracks(np.full(11, 0.6), np.minimum(np.arange(11), 5.0), valid)
-  end = geometry.log_path_end(tr, _lane_roads())
+  end = log_path.log_path_end(tr, _lane_roads())
   ext = np.stack([np.asarray(end.ext_x[0]), np.asarray(end.ext_y[0])], -1)
   assert np.all(ext[:3, 0] == pytest.approx(0.8, abs=1e-5))  # on element 1, not the oncoming lane at -0.3
   # A car that took the turn and drives along +x at y = 30.4 is 0.4 m from its route, which goes on along the
   # lanes: arc length 5 (log) + ~15 (element 1) + ~15.7 (the quarter circle) + ~14.2 along element 3.
-  d, arc, step = geometry.project_on_log_path(tr, jnp.asarray([25.0]), jnp.asarray([30.4]), end)
+  d, arc, step = log_path.project_on_log_path(tr, jnp.asarray([25.0]), jnp.asarray([30.4]), end)
   assert float(d[0]) == pytest.approx(0.4, abs=0.05) and int(step[0]) >= 11
   assert float(arc[0]) == pytest.approx(5 + 15 + 5 * np.pi + 14.2, abs=0.5)
   # The straight continuation (no roads given) would put that car 20 m off its route.
-  d_straight, _, _ = geometry.project_on_log_path(tr, jnp.asarray([25.0]), jnp.asarray([30.4]))
+  d_straight, _, _ = log_path.project_on_log_path(tr, jnp.asarray([25.0]), jnp.asarray([30.4]))
   assert float(d_straight[0]) > 20.0
   # Past the last lane (element 3 ends at x = 40.8) the route goes straight on along +x.
-  d, _, _ = geometry.project_on_log_path(tr, jnp.asarray([80.0]), jnp.asarray([30.0]), end)
+  d, _, _ = log_path.project_on_log_path(tr, jnp.asarray([80.0]), jnp.asarray([30.0]), end)
   assert float(d[0]) == pytest.approx(0.0, abs=1e-3)
   np.testing.assert_allclose([float(end.ext_dir_x[0]), float(end.ext_dir_y[0])], [1.0, 0.0], atol=1e-5)
   # Points along the continuation: 10 m in is on element 1 (x = 0.8), 40 m in is on element 3 (y = 30).
-  cx, cy = geometry.continuation_at(end, jnp.asarray([[10.0, 40.0]]))
+  cx, cy = log_path.continuation_at(end, jnp.asarray([[10.0, 40.0]]))
   assert float(cx[0, 0]) == pytest.approx(0.8, abs=0.05) and float(cy[0, 1]) == pytest.approx(30.0, abs=0.05)
 
 
@@ -211,7 +212,7 @@ def test_end_direction_ignores_a_stopping_cars_last_jitter():
   # A car drives +x, then creeps 1 cm sideways as it stops: the direction driven is still +x.
   x = np.array([0, 1, 2, 3, 4, 5, 5.0, 5.0, 5.0, 5.0, 5.0])
   y = np.array([0, 0, 0, 0, 0, 0, 0.01, 0.01, 0.01, 0.01, 0.01])
-  end = geometry.log_path_end(_tracks(x, y, np.ones(11, bool)))
+  end = log_path.log_path_end(_tracks(x, y, np.ones(11, bool)))
   assert int(end.last[0]) == 5  # the 1 cm segment 5 -> 6 is the last one of positive length
   assert float(end.dir_x[0]) == pytest.approx(1.0, abs=1e-3) and abs(float(end.dir_y[0])) < 0.01
 

@@ -11,6 +11,7 @@ import pytest
 
 from shared.scenes import padding, types
 from shared.sim import geometry, observations
+from shared.sim import log_path
 from shared.sim.datatypes import ObjectState, SimState
 
 T = 5
@@ -133,7 +134,7 @@ def test_route_past_the_log_end_lies_ahead_of_the_ego():
   # indexed, the points were measured from the log's end, behind the ego.)
   state = build_state()
   state = state.replace(objects=state.objects.replace(y=state.objects.y.at[0].set(41.0)),
-                        path_end=geometry.log_path_end(state.scenario.objects, state.scenario.roads))
+                        path_end=log_path.log_path_end(state.scenario.objects, state.scenario.roads))
   obs = jax.jit(lambda s: observations.observe(s, CFG))(state)
   np.testing.assert_allclose(np.asarray(obs.route[0]), [[0.1, 0], [0.2, 0], [0.3, 0], [0.4, 0]], atol=1e-5)
   np.testing.assert_array_equal(np.asarray(obs.route_mask[0]), [True, True, True, True])

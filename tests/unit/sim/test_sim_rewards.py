@@ -106,10 +106,11 @@ def test_progress_counts_only_up_to_the_lead_over_the_log():
 
 def test_log_arc_length_at_skips_gaps_and_stops_at_the_end():
   from shared.sim import geometry
+  from shared.sim import log_path
 
   log = _state([0.0, 0.0]).scenario.objects
-  np.testing.assert_allclose(np.asarray(geometry.log_arc_length_at(log, 0)), [0.0, 0.0])
-  np.testing.assert_allclose(np.asarray(geometry.log_arc_length_at(log, 2)), [10.0, 10.0])
-  np.testing.assert_allclose(np.asarray(geometry.log_arc_length_at(log, 7)), [10.0, 10.0])  # past the log's end
+  np.testing.assert_allclose(np.asarray(log_path.log_arc_length_at(log, 0)), [0.0, 0.0])
+  np.testing.assert_allclose(np.asarray(log_path.log_arc_length_at(log, 2)), [10.0, 10.0])
+  np.testing.assert_allclose(np.asarray(log_path.log_arc_length_at(log, 7)), [10.0, 10.0])  # past the log's end
   gap = log.replace(valid=log.valid.at[0, 1].set(False))  # car 0 has no step 1: no segment spans the gap
-  np.testing.assert_allclose(np.asarray(geometry.log_arc_length_at(gap, 2)), [0.0, 10.0])
+  np.testing.assert_allclose(np.asarray(log_path.log_arc_length_at(gap, 2)), [0.0, 10.0])
