@@ -111,10 +111,13 @@ def _plan(key: tuple) -> Plan:
   return plan
 
 
-def offset_in(buf: ArenaBuffer, a: np.ndarray) -> int | None:
+def offset_in(buf: ArenaBuffer, a: np.ndarray, start: int | None = None) -> int | None:
   """Byte offset of `a` in `buf` when `a` is one of the plan's views (same start, shape and dtype, C order), else
-  None. Any array that passes covers exactly the bytes its plan row describes, whichever object it is."""
-  off = a.__array_interface__["data"][0] - buf.__array_interface__["data"][0]
+  None. Any array that passes covers exactly the bytes its plan row describes, whichever object it is. `start`:
+  buf's address, when the caller checks several arrays of one buffer."""
+  if start is None:
+    start = buf.__array_interface__["data"][0]
+  off = a.__array_interface__["data"][0] - start
   row = buf.plan.by_offset.get(off)
   if row is None or row[0] != a.shape or row[1] != a.dtype or not a.flags.c_contiguous:
     return None
@@ -126,9 +129,10 @@ def frame_of(arrays: list[tuple[str, np.ndarray]]) -> tuple[ArenaBuffer, list[tu
   whole: each is one of the plan's views (whatever its name here), none twice, and the last of them ends the
   buffer. None otherwise."""
   buf = arrays[0][1].base
+  start = buf.__array_interface__["data"][0]
   out, seen = [], set()
   for name, a in arrays:
-    off = offset_in(buf, a)
+    off = offset_in(buf, a, start)
     if off is None or off in seen:
       return None
     seen.add(off)

@@ -103,8 +103,9 @@ def _whole_arena(msg: Message) -> tuple[list, bytes] | None:
   plan = base.plan
   if len(plan.rows) != len(arrays):
     return None
+  start = base.__array_interface__["data"][0]
   for a, row in zip(arrays.values(), plan.rows):
-    if type(a) is not np.ndarray or a.base is not base or arena_lib.offset_in(base, a) != row[3]:
+    if type(a) is not np.ndarray or a.base is not base or arena_lib.offset_in(base, a, start) != row[3]:
       return None
   names = tuple(arrays)
   blob = plan.blobs.get(names)

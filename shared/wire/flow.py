@@ -284,9 +284,9 @@ class CreditConsumer:
       if self._owed[peer] >= self._batch:
         self._flush()
 
-  def _heard(self, peer: bytes | None, implicit_grant: int) -> None:
-    """Marks `peer` most recently heard; a new one starts with `implicit_grant` outstanding, and the least recently
-    heard peer is forgotten when more than `max_peers` would be kept."""
+  def _heard(self, peer: bytes | None) -> None:
+    """Marks `peer` most recently heard; a new one starts with nothing outstanding (credit is earned by hello), and
+    the least recently heard peer is forgotten when more than `max_peers` would be kept."""
     if peer in self.outstanding:
       self.outstanding.move_to_end(peer)
       return
@@ -295,11 +295,11 @@ class CreditConsumer:
       del self.outstanding[old]
       self._owed.pop(old, None)
       self.refused("evicted_peer", old)
-    self.outstanding[peer] = implicit_grant
+    self.outstanding[peer] = 0
 
   def _on_ctrl(self, peer: bytes | None, op: str) -> None:
     if op == "hello" and self.routed:  # starved or restarted producer: top its grant back up to the window
-      self._heard(peer, 0)
+      self._heard(peer)
       held = self._owed[peer] + (self._last == peer)  # received, not yet granted back
       self._grant(peer, self.window - max(self.outstanding.get(peer, 0), 0) - held)
 
@@ -327,7 +327,7 @@ class CreditConsumer:
       if self.routed:
         # Credit is earned by hello alone: a peer never heard from (a stranger, or a producer spending credit a
         # restarted consumer granted) is refused until it says hello, which a starved producer does by itself.
-        self._heard(peer, 0)
+        self._heard(peer)
         credited = self.outstanding[peer] > 0
       if credited:
         self.outstanding[peer] = max(self.outstanding.get(peer, 0) - 1, 0)
