@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from services.cli import bench_learn  # noqa: E402
+from services.cli import bench_learn, learn_report  # noqa: E402
 
 
 def _real(agents: str) -> dict:
@@ -26,7 +26,7 @@ def test_plot_has_a_panel_per_real_part(tmp_path, monkeypatch):
                           "held_out_evals": [{"agent_steps": 1, "goal_reached": 0.3, "collision": 0.1,
                                               "offroad": 0.0}]},
             "real": _real("sdc"), "real_multi": _real("moving")}
-  bench_learn.plot(result, str(tmp_path / "learn.png"))
+  learn_report.plot(result, str(tmp_path / "learn.png"))
   titles = [ax.get_title() for ax in saved[0].axes]
   assert titles == ["synthetic, PPO from scratch, all vehicles", "real scenes, SDC: BC then PPO",
                     "real scenes, moving vehicles: BC then PPO"]
@@ -47,7 +47,7 @@ def _run(seed: int, fail: float) -> dict:
 
 
 def test_seed_spread_and_its_panel(tmp_path, monkeypatch):
-  spread = bench_learn.seed_spread({"real": [_run(0, 0.25), _run(1, 0.5)], "real_multi": [_run(0, 0.1), _run(1, 0.3)]})
+  spread = learn_report.seed_spread({"real": [_run(0, 0.25), _run(1, 0.5)], "real_multi": [_run(0, 0.1), _run(1, 0.3)]})
   bc = spread["real"]["bc"]["train"]
   assert spread["real"]["seeds"] == [0, 1] and spread["real"]["split_seed"] == 0
   assert bc["failure"] == [0.25, 0.5] and bc["mean_failure"] == 0.375
@@ -56,7 +56,7 @@ def test_seed_spread_and_its_panel(tmp_path, monkeypatch):
   assert spread["real_multi"]["bc"]["held_out"]["mean_failure"] == 1.0
   saved = []
   monkeypatch.setattr(plt.Figure, "savefig", lambda self, path, **kw: saved.append(self))
-  bench_learn.plot({"real": _real("sdc"), "real_multi": _real("moving"), "real_seeds": spread}, str(tmp_path / "x"))
+  learn_report.plot({"real": _real("sdc"), "real_multi": _real("moving"), "real_seeds": spread}, str(tmp_path / "x"))
   ax = saved[0].axes[3]
   assert ax.get_title() == "training-scene failure, seeds [0, 1]"
   dots = [list(line.get_ydata()) for line in ax.get_lines()]
@@ -90,8 +90,8 @@ def test_table2_markdown_rows_attribution_and_spread():
   result = {"command": "drivelab bench learn --quick", "provenance": {"commit": "abcdef1234567"},
             "synthetic": {"target": {"goal_rate": 0.95, "max_collision_plus_offroad": 0.03}, "agent_steps": 5,
                           "reached": {"agent_steps": 300000, "wall_s": 50.0}},
-            "real": part, "real_seeds": bench_learn.seed_spread({"real": [_run(0, 0.25), _run(1, 0.5)]})}
-  md = bench_learn.table2_markdown(result)
+            "real": part, "real_seeds": learn_report.seed_spread({"real": [_run(0, 0.25), _run(1, 0.5)]})}
+  md = learn_report.table2_markdown(result)
   assert md.startswith("# `drivelab bench learn --quick` at abcdef1234")
   assert "reached at 300,000 agent steps, 50.0 s" in md
   assert "## Real scenes, self-driving car controlled" in md and "moving vehicles controlled" not in md
