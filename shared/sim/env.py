@@ -6,34 +6,22 @@
 
 Controlled objects that are not done move by the bicycle model; done ones stand still (stop at goal, crash with
 done signals on) and leave the scene after their own log ends (`leave_at_log_end`); every other object is set to
-its logged state at t+1. Road candidates (the K road points per
-object that observations and metrics look at) are refreshed every `candidate_refresh_steps` steps by a while loop
-of 0 or 1 iterations on the step counter (not a lax.cond, whose branch that skips the refresh would copy the whole
-candidate cache every step), so per-step cost does not grow with the map size. In `step_batch` the condition reads
-the first scene's counter (scenes of a batch step in lockstep), so the refresh stays a real branch instead of
-becoming a select that would pay for it every step.
+its logged state at t+1. Road candidates (the K road points per object that observations and metrics look at) are
+refreshed every `candidate_refresh_steps` steps by a while loop of 0 or 1 iterations on the step counter (a
+lax.cond would copy the whole candidate cache every step); in `step_batch` it reads the first scene's counter
+(scenes step in lockstep), so it stays a real branch.
 
-Observations, metrics and road-candidate refreshes are computed for the controlled objects only, the scene's
-"rows" (at most max_controlled, listed by observations.controlled_rows): cost grows with max_controlled, not with
-the scene's object count. Observations and metrics are returned as (O, ...) with zero (False) rows for every other
-object (spread by a scatter of the rows), and their candidates are left as they were; rewards, done signals and the
-evaluator read controlled objects only. The rows' box gaps (M, O) against every box and their log-path projections
-are computed once per step for both, and so are (cos, sin) of every yaw, outside the branches (inside, XLA on CPU
-fuses them into the (M, O) and (M, 4, 2K) loops and evaluates them per element). Rows past the scene's controlled
-count (padding) are masked out of the top_k searches (agents, candidate refresh), whose CPU cost grows with the
-finite entries. Each refresh also gathers the candidates' stop-lane directions per traffic light (the red-light
-metric's (M, L, K) search) into the cache, as they depend on the candidates and the static stop points only.
-A scene with no controlled object (log replay: the evaluator's "log" policy scores replayed
-objects) or more than max_controlled of them (hand-built states) gets everything for every object instead, as
-before; `lax.cond` picks the branch per step (in `step_batch`: the rows branch when every scene of the batch has
-1..max_controlled controlled objects, else every object, with the rows-only scenes' other rows zeroed as usual).
-Metrics of controlled objects are the same either way (tests/unit/sim/test_sim_rows.py checks both branches
-against metrics.step_metrics of every object). EnvConfig.rows_only drops that every-object fallback for callers
-that promise 1..max_controlled controlled objects per scene (training, benchmarks): same step, shorter compile (the
-bench's batch-16 rollout on 2 shared cores: 11-13 s against 16-17 s). EnvConfig.row_buckets adds rows branches of
-fewer rows (e.g. 16, 32, 48 under 64): a step then pays for the smallest that holds the batch's largest controlled
-count, at one more compiled branch each (measured at batch 16 on 2 shared cores, before the changes above: 18 vs
-24 ms per step on the real scenes, whose scenes have up to 40 controlled; compile 66 vs 29 s). Off by default.
+Observations, metrics and candidate refreshes are computed for the controlled objects only, the scene's "rows"
+(at most max_controlled, `observations.controlled_rows`), and returned as (O, ...) with zero (False) rows for every
+other object. The rows' box gaps, log-path projections and every yaw's (cos, sin) are computed once per step,
+outside the branches; rows past the controlled count are masked out of the top_k searches. Each refresh also caches
+the candidates' stop-lane directions per traffic light. A scene with no controlled object (log replay) or more than
+max_controlled gets everything for every object instead; `lax.cond` picks the branch per step (in `step_batch`,
+the rows branch when every scene qualifies). Controlled objects' metrics are the same either way
+(tests/unit/sim/test_sim_rows.py). `EnvConfig.rows_only` drops the every-object branch for callers that promise
+1..max_controlled controlled objects per scene (a shorter compile); `EnvConfig.row_buckets` adds rows branches of
+fewer rows, so a step pays for the smallest that holds the batch's largest controlled count (one more compiled
+branch each; off by default).
 
 Shapes: one scene has O objects; StepOutput arrays are (O, ...); batched functions add a leading B axis.
 """
