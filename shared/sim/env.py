@@ -19,10 +19,8 @@ the candidates' stop-lane directions per traffic light. A scene with no controll
 max_controlled gets everything for every object instead; `lax.cond` picks the branch per step (in `step_batch`,
 the rows branch when every scene qualifies). Controlled objects' metrics are the same either way
 (tests/unit/sim/test_sim_rows.py). `EnvConfig.rows_only` drops the every-object branch for callers that promise
-1..max_controlled controlled objects per scene (a shorter compile); `EnvConfig.row_buckets` adds rows branches of
-fewer rows, so a step pays for the smallest that holds the batch's largest controlled count (one more compiled
-branch each; off by default).
-
+1..max_controlled controlled objects per scene (a shorter compile); `EnvConfig.row_buckets` (off by default) adds
+rows branches of fewer rows: a step pays for the smallest that holds the batch's largest controlled count.
 Shapes: one scene has O objects; StepOutput arrays are (O, ...); batched functions add a leading B axis.
 """
 
