@@ -88,7 +88,7 @@ def ppo_config(s: dict, env_cfg):
 
 
 def ppo_summary(cfg) -> dict:
-  return dataclasses.asdict(cfg.ppo)
+  return dataclasses.asdict(cfg.learner)
 
 
 def _evaluate(agent, params, scenes, env_cfg, seed) -> dict:
@@ -139,8 +139,11 @@ def _train(agent, cfg, scenes, iters: int | None, seed: int, params, curve: list
         return False
     return not over
 
-  carry, steps = fused.run(step_fn, carry, 10**12 if total_steps is None else total_steps, on_iteration,
-                           show_progress=True, max_iterations=iters)
+  from services.cli import progress
+
+  total = 10**12 if total_steps is None else total_steps
+  with progress.training_bar(total) as bar:
+    carry, steps = fused.run(step_fn, carry, total, on_iteration, bar, max_iterations=iters)
   train_wall = time.perf_counter() - clock.get("start", t0)
   return jax.device_get(carry.train.params), steps, train_wall, clock.get("compile_s")
 
@@ -214,7 +217,6 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
   import jax
 
   from shared import evaluation
-  from shared.algos import ppo
   from shared.scenes import types
   from shared.sim import rewards
 
@@ -256,7 +258,7 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
   params, bc_steps, bc_wall, _ = _train(agent, bc_cfg, train_scenes, s["bc_iters"], seed, None, curve, "bc")
   rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))
   ppo_cfg = train_cmd.fused_config(_args(s, ppo_agents, lr=s["lr_finetune"], scenes_per_iter=n), "ppo",
-                                   phase_env(ppo_agents), ppo.PPOConfig(**FINETUNE_PPO))
+                                   phase_env(ppo_agents), **FINETUNE_PPO)
   # Checkpoint selection as paper 002 (section 5): evaluated every `select_every_steps` agent steps (paper 002: every
   # 20M), the checkpoint kept
   # is the one with the lowest failure rate, then the highest progress ratio up to 1, on the TRAINING scenes (with
@@ -275,7 +277,7 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
       chosen.update(score=rank, agent_steps=steps, params=jax.device_get(p))
     return True
 
-  reference = params if ppo_cfg.ppo.ppo.ref_kl_coef > 0 else None  # the BC policy, frozen
+  reference = params if ppo_cfg.algorithm.wants_reference(ppo_cfg.learner) else None  # the BC policy, frozen
   # PPO's budget is in agent steps, the same for every `agents` mode (one self-driving car per scene takes many more
   # iterations than every moving vehicle to see as much driving).
   params, ppo_steps, ppo_wall, _ = _train(agent, ppo_cfg, train_scenes, None, seed, params, curve, "ppo",

@@ -33,7 +33,10 @@ def _up(args: argparse.Namespace) -> int:
 
 def learner_env(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
   """The learner's fine-tuning settings as env vars for the stack's children (exit 2 on bad ones)."""
-  if args.ref_kl < 0 or (args.ref_kl > 0 and (not args.init_from or args.algo == "bc")):
+  from shared.algos import registry
+
+  no_reference = bool(args.algo) and registry.get(args.algo).add_reference is None
+  if args.ref_kl < 0 or (args.ref_kl > 0 and (not args.init_from or no_reference)):
     print("drivelab up: --ref-kl is a weight >= 0 and needs --init-from with PPO", file=sys.stderr)
     raise SystemExit(2)
   return tuple(fine_tune_env(args.init_from, args.ref_kl).items()) if args.init_from else ()
@@ -74,7 +77,9 @@ def register(subparsers) -> None:
   up.add_argument("--warmup", action="store_true",
                   help="compile the simulator once (into JAX's persistent cache) before starting the stack and "
                        "the --duration clock")
-  up.add_argument("--algo", choices=("ppo", "bc"), default="",
+  from shared.algos import registry
+
+  up.add_argument("--algo", choices=registry.names(), default="",
                   help="the learner's algorithm (default: DRIVELAB_ALGO, else ppo); bc clones the logged experts")
   up.add_argument("--init-from", default="",
                   help="start the learner from the newest checkpoint of a BC run (its run dir or checkpoints/bc)")

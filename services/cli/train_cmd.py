@@ -32,7 +32,9 @@ NETS, PRESETS = ("mlp", "perceiver"), ("tiny", "small", "base")
 
 def register(subparsers) -> None:
   p = subparsers.add_parser("train", help="train a driving policy (fused single-process path)")
-  p.add_argument("--algo", choices=("ppo", "bc"), default="ppo")
+  from shared.algos import registry
+
+  p.add_argument("--algo", choices=registry.names(), default="ppo")
   p.add_argument("--pretrain", choices=("bc",), default=None, help="pretrain policy and value by BC first")
   p.add_argument("--scenes", default="synthetic", help="folder of scenes, or 'synthetic'")
   p.add_argument("--num", type=int, default=None, help="scenes to use (synthetic: how many; default 16)")
@@ -106,19 +108,17 @@ def train_env_config(agents: str, at_goal: str = "stop"):
   return eval_cmd.env_config_for(agents, at_goal)
 
 
-def fused_config(args, algo: str, env_cfg, ppo_loss=None):
-  """FusedConfig from the flags (lr, epochs, minibatches, scenes_per_iter, bc_dagger); `ppo_loss`: a ppo.PPOConfig."""
-  from shared.algos import bc_update, fused, ppo, ppo_update, training
+def fused_config(args, algo: str, env_cfg, **hyper):
+  """FusedConfig from the flags (lr, lr_decay_iters, epochs, minibatches, scenes_per_iter, bc_dagger) for the
+  registry's `algo`; `hyper`: more shared.algos.api.Hyper fields (e.g. clip_eps, ref_kl_coef)."""
+  from shared.algos import api, fused, registry
 
-  lr = args.lr if args.lr is not None else (3e-4 if algo == "ppo" else 1e-3)
+  algorithm = registry.get(algo)
   # lr_decay_iters > 0: the step size decays (half cosine, to 0) over that many iterations' gradient steps
-  opt = training.OptimizerConfig(learning_rate=lr, decay_steps=args.lr_decay_iters * args.epochs * args.minibatches)
-  return fused.FusedConfig(
-      env=env_cfg, algo=algo, num_scenes=args.scenes_per_iter,
-      ppo=ppo_update.PPOUpdateConfig(ppo=ppo_loss or ppo.PPOConfig(), optimizer=opt, num_epochs=args.epochs,
-                                     num_minibatches=args.minibatches),
-      bc=bc_update.BCUpdateConfig(optimizer=opt, num_epochs=args.epochs, num_minibatches=args.minibatches),
-      dagger=args.bc_dagger if algo == "bc" else 0.0)
+  h = api.Hyper(learning_rate=args.lr, lr_decay_steps=args.lr_decay_iters * args.epochs * args.minibatches,
+                num_epochs=args.epochs, num_minibatches=args.minibatches, **hyper)
+  return fused.FusedConfig(env=env_cfg, algo=algo, num_scenes=args.scenes_per_iter, learner=algorithm.configure(h),
+                           dagger=args.bc_dagger if algorithm.acting == "expert" else 0.0)
 
 
 def evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, run_dir: str, source: dict,
@@ -159,7 +159,7 @@ def load_policy(run_dir: str):
 def cmd_train(args: argparse.Namespace) -> int:
   from rich.console import Console
 
-  from shared.algos import ppo
+  from shared.algos import registry
 
   console = Console()
   try:
@@ -167,8 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     scene_cfg = scenes_io.caps_from_args(args)
     if args.steps < 1 or args.scenes_per_iter < 1 or args.eval_every < 0:
       raise ValueError("need --steps >= 1, --scenes-per-iter >= 1 and --eval-every >= 0")
-    if args.pretrain and args.algo != "ppo":
-      raise ValueError("--pretrain bc goes with --algo ppo")
+    if args.pretrain and registry.get(args.algo).acting != "policy":
+      raise ValueError(f"--pretrain bc goes with an algorithm that acts with its own policy, not --algo {args.algo}")
     if args.ref_kl < 0 or (args.ref_kl > 0 and not args.pretrain):
       raise ValueError("--ref-kl is a weight >= 0 and needs --pretrain bc (the BC policy is the reference)")
     if args.stack:
@@ -199,8 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"({len(scenarios) - len(train_scenes)} held out), run dir {args.run_dir}")
   t0, params = time.perf_counter(), None
   for algo, steps in _phases(args):
-    kl = algo == "ppo" and args.ref_kl > 0  # the reference is the BC phase's final params
-    cfg = fused_config(args, algo, env_cfg, ppo.PPOConfig(ref_kl_coef=args.ref_kl) if kl else None)
+    kl = algo == args.algo and args.ref_kl > 0  # the reference is the BC phase's final params
+    cfg = fused_config(args, algo, env_cfg, **({"ref_kl_coef": args.ref_kl} if kl else {}))
     params, done, _ = train_phase(agent, cfg, train_scenes, steps, args.run_dir, args.seed, params,
                                   args.checkpoint_every, not args.no_progress, held_out=held_scenes,
                                   eval_every=args.eval_every, max_seconds=args.max_seconds,

@@ -129,9 +129,11 @@ def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int
     return not out_of_time
 
   status = (lambda: _eval_status(state["eval"])) if held_out and eval_every else None
+  from services.cli import progress
+
   try:
-    carry, steps = fused.run(iteration_fn, carry, total_steps, on_iteration, show_progress,
-                             agent_steps_done=done_steps, status_fn=status)
+    with progress.training_bar(total_steps, done_steps, show_progress, status) as bar:
+      carry, steps = fused.run(iteration_fn, carry, total_steps, on_iteration, bar, agent_steps_done=done_steps)
   finally:
     history.close()
   return jax.device_get(carry.train.params), steps, wall0

@@ -59,7 +59,7 @@ def _phase_env(args: argparse.Namespace, algo: str) -> tuple[tuple[str, str], ..
          "DRIVELAB_SCENE_MAX_ROAD_POINTS": str(args.max_road_points)}
   if args.lr:
     env["DRIVELAB_LEARNER_LR"] = repr(float(args.lr))
-  if algo == "ppo" and args.pretrain:  # fine-tune the BC phase's policy
+  if algo == args.algo and args.pretrain:  # the main phase fine-tunes the BC phase's policy
     from services.cli import stack_cmd
 
     env.update(stack_cmd.fine_tune_env(os.path.join(args.run_dir, "checkpoints", "bc"), args.ref_kl))

@@ -1,21 +1,16 @@
-"""The learner's algorithm: ReplayBatch arrays -> the shared update steps' batches, and those update steps.
+"""The learner's algorithm: a registry bundle (shared.algos.registry) bound to the stack's policy network and
+this process's devices.
 
-The update step is the fused path's own (shared.algos.ppo_update / bc_update, jitted with the state donated); on
-more than one device (several GPUs, or several learner processes joined by jax.distributed) the same un-jitted
-update runs under shared.algos.distributed.data_parallel, gradients averaged over the scene axis.
+The update step is the fused path's own (the bundle's `make_update`, jitted with the state donated); on more than one
+device (several GPUs, or several learner processes joined by jax.distributed) the same un-jitted update runs under
+shared.algos.distributed.data_parallel, gradients averaged over the scene axis.
 
-  la = make(policy, "ppo", cfg)                     # LearnerAlgo: init_state, update, to_batch
+  la = make(policy, "ppo", cfg)                     # LearnerAlgo: init_state, update, prepare
   state = la.init_state()                           # version-0 params (identical in every process)
-  state, metrics = la.update(state, la.to_batch(msg.arrays))
+  state, metrics = la.update(state, la.prepare(msg.arrays))
 
-Batches from replay (T steps, B agents, F flat features):
-  PPO  obs/flat (T, B, F), bootstrap_obs/flat (1, B, F) = s_T, action (T, B) grid, log_prob / value (T, B) of the
-       actor, reward (T, B), done / terminated / valid (T, B) -> ppo_update.Trajectory with obs (T + 1, B, ...):
-       terminated steps do not bootstrap, done-but-not-terminated ones (the log's end) and the unroll's last step
-       do (truncated), mask = valid. Without bootstrap_obs (a v1 Trajectory) the last step serves as s_T only.
-  BC   expert obs/flat (T, B, F), action (T, B) grid, reward / terminated / valid (T, B) ->
-       bc_update.Demonstration (cross-entropy on the expert's grid actions split into the policy's heads, value
-       regressed on the logged return).
+ReplayBatch arrays become the update's batch by the bundle's `from_arrays` (see shared.algos.ppo_update and
+bc_update for each table's arrays).
 """
 
 from __future__ import annotations
@@ -30,57 +25,17 @@ import numpy as np
 
 from shared.acting import policy_net
 from services.learner import config as config_lib
-from shared.algos import bc, bc_update, distributed, ppo, ppo_update, training
+from shared.algos import api, distributed, registry
 
 Arrays = dict[str, np.ndarray]
-DEFAULT_LR = {"ppo": 3e-4, "bc": 1e-3}
 
 
-def ppo_config(cfg: config_lib.LearnerConfig) -> ppo_update.PPOUpdateConfig:
-  lr = cfg.learning_rate or DEFAULT_LR["ppo"]
-  loss = ppo.PPOConfig(gamma=cfg.gamma, lambda_=cfg.gae_lambda, clip_eps=cfg.clip_eps, value_coef=cfg.value_coef,
-                       entropy_coef=cfg.entropy_coef, use_vtrace=cfg.use_vtrace, ref_kl_coef=cfg.ref_kl_coef)
-  return ppo_update.PPOUpdateConfig(ppo=loss, optimizer=training.OptimizerConfig(learning_rate=lr),
-                                    num_epochs=cfg.num_epochs, num_minibatches=cfg.num_minibatches)
-
-
-def bc_config(cfg: config_lib.LearnerConfig) -> bc_update.BCUpdateConfig:
-  lr = cfg.learning_rate or DEFAULT_LR["bc"]
-  return bc_update.BCUpdateConfig(bc=bc.BCConfig(), gamma=cfg.gamma,
-                                  optimizer=training.OptimizerConfig(learning_rate=lr),
-                                  num_epochs=cfg.num_epochs, num_minibatches=cfg.num_minibatches)
-
-
-def to_trajectory(pn: policy_net.PolicyNet, arrays: Arrays) -> ppo_update.Trajectory:
-  """PPO batch from a ReplayBatch's arrays (see the module docstring)."""
-  obs = np.asarray(arrays["obs/flat"], np.float32)
-  boot = arrays.get("bootstrap_obs/flat")
-  steps = {k: np.asarray(arrays[k]) for k in ("action", "log_prob", "value", "reward", "done", "valid")}
-  terminated = np.asarray(arrays.get("terminated", np.zeros_like(steps["done"])), bool)
-  if boot is None:  # no s_T sent: the last recorded step becomes the bootstrap observation
-    steps = {k: v[:-1] for k, v in steps.items()}
-    terminated = terminated[:-1]
-  else:
-    obs = np.concatenate([obs, np.asarray(boot, np.float32)], axis=0)
-  truncated = steps["done"] & ~terminated
-  truncated[-1] = True  # the unroll stops here: bootstrap from V(s_T)
-  return ppo_update.Trajectory(
-      obs=pn.net_input(jnp.asarray(obs)), actions=pn.agent.to_factors(jnp.asarray(steps["action"], jnp.int32)),
-      behaviour_logp=jnp.asarray(steps["log_prob"], jnp.float32),
-      behaviour_value=jnp.asarray(steps["value"], jnp.float32), reward=jnp.asarray(steps["reward"], jnp.float32),
-      terminated=jnp.asarray(terminated), truncated=jnp.asarray(truncated),
-      mask=jnp.asarray(steps["valid"], jnp.float32))
-
-
-def to_demonstration(pn: policy_net.PolicyNet, arrays: Arrays) -> bc_update.Demonstration:
-  """BC batch from an expert ReplayBatch's arrays (see the module docstring)."""
-  valid = np.asarray(arrays["valid"], bool)
-  terminated = np.asarray(arrays.get("terminated", np.zeros_like(valid)), bool)
-  return bc_update.Demonstration(
-      obs=pn.net_input(jnp.asarray(arrays["obs/flat"], jnp.float32)),
-      actions=pn.agent.to_factors(jnp.asarray(arrays["action"], jnp.int32)),
-      reward=jnp.asarray(arrays["reward"], jnp.float32), terminated=jnp.asarray(terminated),
-      mask=jnp.asarray(valid, jnp.float32))
+def hyper(cfg: config_lib.LearnerConfig) -> api.Hyper:
+  """The learner's flags as the bundles read them (learning_rate 0: the bundle's default)."""
+  return api.Hyper(learning_rate=cfg.learning_rate or None, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
+                   clip_eps=cfg.clip_eps, value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef,
+                   use_vtrace=cfg.use_vtrace, ref_kl_coef=cfg.ref_kl_coef, num_epochs=cfg.num_epochs,
+                   num_minibatches=cfg.num_minibatches)
 
 
 def host(tree: Any) -> Any:
@@ -89,33 +44,41 @@ def host(tree: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _reference_logits(pn: policy_net.PolicyNet) -> Callable:
-  """jitted (reference params, Trajectory obs (T + 1, ...)) -> the reference policy's logits at s_0 .. s_{T-1}."""
-  return jax.jit(lambda params, obs: jax.lax.stop_gradient(
-      pn.agent.apply(params, jax.tree.map(lambda x: x[:-1], obs))[0]))
+def _with_reference(algorithm: api.Algorithm, pn: policy_net.PolicyNet) -> Callable:
+  """jitted (batch, reference params) -> the batch with the reference policy's logits (the bundle's add_reference)."""
+  return jax.jit(lambda batch, params: algorithm.add_reference(pn.agent, batch, params))
 
 
 @dataclasses.dataclass(frozen=True)
 class LearnerAlgo:
-  """Attributes: algo ("ppo" | "bc"), policy (PolicyNet), update (state, batch) -> (state, metrics) jitted,
-  to_batch (arrays -> update batch), optimizer (training.OptimizerConfig), seed, mesh (None on one device),
-  reference (frozen params whose logits each PPO batch carries for PPOConfig.ref_kl_coef > 0; None: off)."""
+  """Attributes: algorithm (the registry bundle), config (its config), policy (PolicyNet), update (state, batch) ->
+  (state, metrics) jitted, seed, mesh (None on one device), reference (frozen params whose logits each batch carries
+  when the bundle wants a reference, e.g. PPO's ref_kl_coef > 0; None: off)."""
 
-  algo: str
+  algorithm: api.Algorithm
+  config: Any
   policy: policy_net.PolicyNet
   update: Callable
-  to_batch: Callable[[Arrays], Any]
-  optimizer: training.OptimizerConfig
   seed: int
   mesh: Any = None
   reference: Any = None
 
-  def init_state(self) -> training.TrainingState:
-    state = training.init_training_state(self.policy.init_params(), training.make_optimizer(self.optimizer),
-                                         jax.random.PRNGKey(self.seed))
+  @property
+  def algo(self) -> str:
+    return self.algorithm.name
+
+  def to_batch(self, arrays: Arrays) -> Any:
+    return self.algorithm.from_arrays(self.policy, arrays)
+
+  def init_state(self) -> Any:
+    state = self.algorithm.init(self.policy.agent, self.config, self.policy.init_params(),
+                                jax.random.PRNGKey(self.seed))
     return self.place(state)
 
-  def place(self, state: training.TrainingState) -> training.TrainingState:
+  def policy_params(self, state: Any) -> Any:
+    return self.algorithm.policy_params(state)
+
+  def place(self, state: Any) -> Any:
     """On the mesh (replicated) when there is one."""
     return distributed.replicate(state, self.mesh) if self.mesh is not None else jax.tree.map(jnp.asarray, state)
 
@@ -123,7 +86,7 @@ class LearnerAlgo:
     """The update's batch, split over the mesh's devices on its B axis when there is a mesh."""
     batch = self.to_batch(arrays)
     if self.reference is not None:  # one batched forward pass of the frozen reference policy
-      batch = batch.replace(ref_logits=_reference_logits(self.policy)(self.reference, batch.obs))
+      batch = _with_reference(self.algorithm, self.policy)(batch, self.reference)
     if self.mesh is None:
       return batch
     if jax.process_count() > 1:  # each process holds its own replay's rows: together they form the global batch
@@ -132,28 +95,22 @@ class LearnerAlgo:
 
 
 @functools.lru_cache(maxsize=8)
-def _update_step(pn: policy_net.PolicyNet, algo: str, ucfg: Any, data_parallel: bool) -> tuple[Callable, Any]:
+def _update_step(pn: policy_net.PolicyNet, algorithm: api.Algorithm, ucfg: Any, data_parallel: bool
+                 ) -> tuple[Callable, Any]:
   """(jitted update, mesh or None), cached so learners with equal settings in one process share one compile."""
-  if algo == "ppo":
-    fn, jitted = ppo_update.make_ppo_update_fn, ppo_update.make_ppo_update_step
-  else:
-    fn, jitted = bc_update.make_bc_update_fn, bc_update.make_bc_update_step
-  if not data_parallel:  # one device: the very jitted step of the fused path
-    return jitted(pn.agent, ucfg), None
+  if not data_parallel:  # one device: the fused path's update, jitted with the state donated
+    return jax.jit(algorithm.make_update(pn.agent, ucfg, None), donate_argnums=0), None
   mesh = distributed.make_mesh()
-  return distributed.data_parallel(fn(pn.agent, ucfg, distributed.DATA_AXIS), mesh, batch_axis=1), mesh
+  fn = algorithm.make_update(pn.agent, ucfg, distributed.DATA_AXIS)
+  return distributed.data_parallel(fn, mesh, batch_axis=1), mesh
 
 
 def make(pn: policy_net.PolicyNet, algo: str, cfg: config_lib.LearnerConfig) -> LearnerAlgo:
-  """The learner for `algo` over `pn`; data-parallel over every device when there is more than one."""
-  if algo not in ("ppo", "bc"):
-    raise ValueError(f"unknown learner algo {algo!r}")
-  ucfg = ppo_config(cfg) if algo == "ppo" else bc_config(cfg)
-  to_batch = to_trajectory if algo == "ppo" else to_demonstration
-  update, mesh = _update_step(pn, algo, ucfg, jax.device_count() > 1)
-  return LearnerAlgo(algo=algo, policy=pn, update=update, to_batch=lambda arrays: to_batch(pn, arrays),
-                     optimizer=ucfg.optimizer, seed=cfg.seed, mesh=mesh)
+  """The learner for the registry's `algo` over `pn`; data-parallel over every device when there is more than one."""
+  algorithm = registry.get(algo)
+  ucfg = algorithm.configure(hyper(cfg))
+  update, mesh = _update_step(pn, algorithm, ucfg, jax.device_count() > 1)
+  return LearnerAlgo(algorithm=algorithm, config=ucfg, policy=pn, update=update, seed=cfg.seed, mesh=mesh)
 
 
-__all__ = ["DEFAULT_LR", "LearnerAlgo", "bc_config", "host", "make", "ppo_config", "to_demonstration",
-           "to_trajectory"]
+__all__ = ["LearnerAlgo", "host", "hyper", "make"]

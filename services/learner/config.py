@@ -1,6 +1,6 @@
 """Learner settings. Env vars are read here and nowhere else in the service; CLI flags override them.
 
-The algorithm ("ppo" or "bc") and the network (net, preset, params_seed) are common settings (runtime.CommonConfig:
+The algorithm (a name in shared.algos.registry) and the network (net, preset, params_seed) are common settings (runtime.CommonConfig:
 `--algo`, `--net`, `--preset`), since replay and every acting process must agree with the learner on them.
 """
 
@@ -12,9 +12,6 @@ import os
 from typing import Mapping, Sequence
 
 from services.common import runtime
-
-ALGOS = ("ppo", "bc")
-
 
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
@@ -79,10 +76,15 @@ def parser() -> argparse.ArgumentParser:
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          ) -> tuple[LearnerConfig, runtime.CommonConfig]:
   cfg, common = runtime.load_service_config("learner", LearnerConfig, ENV, argv, os.environ if env is None else env)
-  if common.algo not in ALGOS:
-    raise SystemExit(f"learner: --algo must be one of {ALGOS}, got {common.algo!r}")
-  if cfg.ref_kl_coef < 0 or (cfg.ref_kl_coef > 0 and (common.algo != "ppo" or not cfg.init_from)):
-    raise SystemExit("learner: --ref-kl-coef is a weight >= 0 for --algo ppo and needs --init-from (the reference)")
+  from shared.algos import registry
+
+  try:
+    algorithm = registry.get(common.algo)
+  except ValueError as e:
+    raise SystemExit(f"learner: --algo: {e}") from None
+  if cfg.ref_kl_coef < 0 or (cfg.ref_kl_coef > 0 and (algorithm.add_reference is None or not cfg.init_from)):
+    raise SystemExit("learner: --ref-kl-coef is a weight >= 0 for an algorithm with a reference policy (ppo) and "
+                     "needs --init-from (the reference)")
   if cfg.num_processes > 1 and not cfg.coordinator:
     raise SystemExit("learner: --num-processes > 1 needs --coordinator HOST:PORT")
   if not 0 <= cfg.process_id < max(cfg.num_processes, 1):

@@ -79,7 +79,7 @@ class Learner:
     self._metrics()
     if cfg.init_from:
       init = self._init_params(cfg.init_from)
-      self.state = self.algo.place(self.state.replace(params=init))
+      self.state = self.algo.place(self.algo.algorithm.with_policy_params(self.state, init))
       self.version = self.min_data_version = 1  # not version 0, which every process computes (random) on its own
       if cfg.ref_kl_coef > 0:  # the frozen reference of the KL term: the params fine-tuning starts from
         self.algo = dataclasses.replace(self.algo, reference=jax.tree.map(jax.numpy.asarray, init))
@@ -97,7 +97,7 @@ class Learner:
     if not found:
       raise SystemExit(f"learner: init_from {where!r} holds no checkpoint (nor checkpoints/bc)")
     raw, version, _ = checkpoint.read_raw(found[-1][1])
-    mine = algo_lib.host(self.state.params)
+    mine = algo_lib.host(self.algo.policy_params(self.state))
     try:
       params = jax.tree.map(lambda a, b: np.asarray(b, dtype=a.dtype), mine, raw["train"]["params"])
       fits = all(a.shape == b.shape for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(params)))
@@ -144,7 +144,7 @@ class Learner:
                            "min_data_version": self.min_data_version}, keep=self.cfg.keep_checkpoints)
 
   def params_flat(self) -> dict:
-    return policy_net.to_flat(algo_lib.host(self.state.params))
+    return policy_net.to_flat(algo_lib.host(self.algo.policy_params(self.state)))
 
   def _publish(self) -> None:
     self._last_publish = time.monotonic()

@@ -27,6 +27,7 @@ import numpy as np
 
 from services.common import runtime
 from services.replay import config as config_lib
+from shared.algos import registry
 from shared.replay import buffers
 from shared.wire import arena as arena_lib
 from shared.wire import codec, flow
@@ -90,7 +91,7 @@ class Replay:
     self.expert_inserted = 0
     self._expert_insert = jax.jit(self.expert_table.insert, donate_argnums=0)
     self._expert_sample = jax.jit(self.expert_table.sample, donate_argnums=0)
-    self.imitation = rt.common.algo == "bc"
+    self.imitation = registry.get(rt.common.algo).tables == ("expert",)
     self.min_data_version = 0  # the learner's floor (a warm start's version): older data is masked
 
   def _poll_params(self) -> None:

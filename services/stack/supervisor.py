@@ -14,6 +14,7 @@ scrapes every process with the config of services.stack.prometheus_config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -163,6 +164,18 @@ def plan(cfg: StackConfig) -> list[Child]:
   return [Child(f"{svc}-{i}", svc, port) for (svc, i), port in zip(slots, free_ports(len(slots)))]
 
 
+@functools.lru_cache(maxsize=8)
+def _replay_tables(algo: str) -> tuple[str, ...]:
+  """The replay tables the registry's `algo` samples (imports its bundle, and so jax, once); none for an unknown
+  name, which the learner then refuses with one line."""
+  from shared.algos import registry
+
+  try:
+    return registry.get(algo).tables
+  except ValueError:
+    return ()
+
+
 class Supervisor:
   """Starts, watches and stops the children of one local stack."""
 
@@ -193,7 +206,7 @@ class Supervisor:
                 "DRIVELAB_PARENT_PID": str(os.getpid())})
     chosen = {"DRIVELAB_ALGO": self.cfg.algo, "DRIVELAB_NET": self.cfg.net, "DRIVELAB_NET_PRESET": self.cfg.preset}
     env.update({k: v for k, v in chosen.items() if v})  # every process must agree on these: one place sets them
-    if env.get("DRIVELAB_ALGO") == "bc":  # BC learns from the logged expert actions the scene loaders replay
+    if "expert" in _replay_tables(env.get("DRIVELAB_ALGO", "ppo")):  # the scene loaders replay the logged experts
       env["DRIVELAB_SCENE_LOADER_EMIT_EXPERT"] = "1"
     env.setdefault("JAX_PLATFORMS", "cpu")
     # Replicas, restarts and later runs compile the same functions: JAX's persistent cache makes that free.

@@ -19,8 +19,9 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from shared.algos import bc, distributed, training
+from shared.algos import api, bc, distributed, training
 from shared.algos.agent import Agent, as_net_input
 
 Array = jax.Array
@@ -99,5 +100,38 @@ def make_bc_update_step(agent: Agent, config: BCUpdateConfig = BCUpdateConfig())
 init_state = training.init_state  # (params, config, rng) -> TrainingState, one definition for every learner
 
 
-__all__ = ["BCUpdateConfig", "Demonstration", "demonstration_batch", "init_state", "make_bc_update_fn",
-           "make_bc_update_step"]
+# THE BUNDLE (shared.algos.api)
+
+def configure(hyper: api.Hyper) -> BCUpdateConfig:
+  base = BCUpdateConfig()
+  return hyper.set(dataclasses.replace(base, optimizer=hyper.optimizer(base.optimizer)), gamma="gamma",
+                   num_epochs="num_epochs", num_minibatches="num_minibatches")
+
+
+def from_rollout(c: Any, config: BCUpdateConfig) -> Demonstration:
+  """The fused collect loop's record with the grid expert driving (or labelling): its factors are the labels."""
+  steps = c.reward.shape[0]
+  return Demonstration(obs=jax.tree.map(lambda x: x[:steps], c.obs), actions=c.factors, reward=c.reward,
+                       terminated=c.terminated, mask=c.label_ok.astype(jnp.float32))
+
+
+def from_arrays(pn: Any, arrays: dict) -> Demonstration:
+  """A ReplayBatch from the expert table: obs/flat (T, B, F), action (T, B) grid, reward / terminated / valid
+  (T, B) -> cross-entropy on the expert's grid actions split into the policy's heads, value regressed on the
+  logged return."""
+  valid = np.asarray(arrays["valid"], bool)
+  terminated = np.asarray(arrays.get("terminated", np.zeros_like(valid)), bool)
+  return Demonstration(
+      obs=pn.net_input(jnp.asarray(arrays["obs/flat"], jnp.float32)),
+      actions=pn.agent.to_factors(jnp.asarray(arrays["action"], jnp.int32)),
+      reward=jnp.asarray(arrays["reward"], jnp.float32), terminated=jnp.asarray(terminated),
+      mask=jnp.asarray(valid, jnp.float32))
+
+
+ALGORITHM = api.Algorithm(
+    name="bc", config_type=BCUpdateConfig, configure=configure, make_update=make_bc_update_fn,
+    from_rollout=from_rollout, from_arrays=from_arrays, acting="expert", replay=(api.Draw("expert"),))
+
+
+__all__ = ["ALGORITHM", "BCUpdateConfig", "Demonstration", "configure", "demonstration_batch", "from_arrays",
+           "from_rollout", "init_state", "make_bc_update_fn", "make_bc_update_step"]

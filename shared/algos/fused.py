@@ -4,19 +4,20 @@ of scenes, and the learner's update step runs on what it collected, all in one j
   cfg = FusedConfig(env=env.EnvConfig(control_mode="all"), algo="ppo", num_scenes=4)
   carry = init_carry(agent, cfg, scenarios, rng)          # scenarios: list of padded Scenario (the scene pool)
   iteration = make_train_iteration(agent, cfg)
-  carry, metrics = iteration(carry)                       # one episode of B scenes + one PPO (or BC) update
+  carry, metrics = iteration(carry)                       # one episode of B scenes + one update
 
+The algorithm is any bundle of shared.algos.registry (`cfg.algo`; `cfg.learner` its config, default the bundle's).
 Each iteration draws `num_scenes` scenes from the pool (held on the device inside the carry), resets them, and rolls
 `num_steps` steps (default: to the end of the log, so episodes end by termination or the log's truncation).
-PPO: actions sampled from the current params (on-policy, GAE targets). BC: the closed-loop grid expert of the log
-(`rollout.grid_expert`) drives, and its grid actions with the rewards of that replay are the demonstration; with
-`dagger` > 0 the policy itself drives some steps and the expert only labels them (DAgger-style).
-The update is exactly the learner service's: `ppo_update` / `bc_update`.
+A bundle acting "policy" (PPO): actions sampled from the current params. Acting "expert" (BC): the closed-loop grid
+expert of the log (`rollout.grid_expert`) drives, and its grid actions with the rewards of that replay are the
+labels; with `dagger` > 0 the policy itself drives some steps and the expert only labels them (DAgger-style).
+The update is exactly the learner service's: the bundle's `make_update`, fed by its `from_rollout`.
 Shapes: B scenes, O objects, T steps, M acting rows per scene (shared.algos.rows: the controlled objects, 1 for
 the self-driving car alone, else min(max_controlled, O)); the policy runs on, and the update learns from, the M
 rows only: recorded arrays are (T, B, M, ...), observations (T + 1, B, M, ...); episode flags stay (B, O).
-`run` is the Python driver around it: a rich progress bar (agent steps, steps/s, goal / collision rates) and a
-per-iteration callback (history lines, checkpoints, periodic evaluation live in the caller).
+`run` is the Python driver around it: a per-iteration callback (history lines, checkpoints, periodic evaluation live
+in the caller) and an optional progress callback (the CLI draws its bar with it).
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from shared.algos import bc_update, ppo_update, rows as rows_lib, training
+from shared.algos import api, registry, rows as rows_lib
 from shared.algos.agent import Agent, as_net_input
 from shared.scenes import types
 from shared.sim import env, inverse, rollout
 
 Array = jax.Array
 Metrics = dict[str, Array]
-ALGOS = ("ppo", "bc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +44,11 @@ class FusedConfig:
 
   Attributes:
     env: the training environment (done signals on).
-    algo: "ppo" or "bc".
+    algo: a name in shared.algos.registry.
     num_scenes: B, scenes simulated per iteration.
     num_steps: steps per iteration (None: from init_step to the end of the log).
-    ppo: the PPO learner.
-    bc: the BC learner.
-    dagger: BC only: the probability that, at each step, an acting agent's own policy (sampled) drives instead of
+    learner: the algorithm's config (its bundle's `config_type`); None: the bundle's default.
+    dagger: an algorithm acting "expert" only: the probability that, at each step, an acting agent's own policy (sampled) drives instead of
       the grid expert (DAgger-style data aggregation). Every visited state is still labelled with the grid
       expert's action for it (the expert tracks the log from wherever the car is), so the demonstrations cover
       the states the policy drifts into. 0: the expert alone drives (plain BC).
@@ -61,16 +60,23 @@ class FusedConfig:
   algo: str = "ppo"
   num_scenes: int = 4
   num_steps: int | None = None
-  ppo: ppo_update.PPOUpdateConfig = ppo_update.PPOUpdateConfig()
-  bc: bc_update.BCUpdateConfig = bc_update.BCUpdateConfig()
+  learner: Any = None
   dagger: float = 0.0
   dagger_ramp_iters: int = 0
 
   def __post_init__(self):
-    if self.algo not in ALGOS:
-      raise ValueError(f"FusedConfig.algo must be one of {ALGOS}, got {self.algo!r}")
+    algorithm = registry.get(self.algo)  # ValueError naming the choices
+    if self.learner is None:
+      object.__setattr__(self, "learner", algorithm.default_config())
+    elif not isinstance(self.learner, algorithm.config_type):
+      raise ValueError(f"FusedConfig.learner must be a {algorithm.config_type.__name__} for {self.algo!r}, got "
+                       f"{type(self.learner).__name__}")
     if not 0.0 <= self.dagger <= 1.0:
       raise ValueError(f"FusedConfig.dagger must be a probability in [0, 1], got {self.dagger}")
+
+  @property
+  def algorithm(self) -> api.Algorithm:
+    return registry.get(self.algo)
 
   def steps_for(self, num_timesteps: int) -> int:
     return num_timesteps - 1 - self.env.init_step if self.num_steps is None else int(self.num_steps)
@@ -82,7 +88,7 @@ class FusedCarry:
   (frozen params of the reference policy for PPOConfig.ref_kl_coef > 0, e.g. the BC policy being fine-tuned; None
   otherwise)."""
 
-  train: training.TrainingState
+  train: Any  # the algorithm's state (a training.TrainingState for PPO and BC)
   scenes: types.Scenario
   rng: Array
   iteration: Array
@@ -174,18 +180,6 @@ def rollout_rates(c: Collected) -> Metrics:
           "mean_episode_reward": jnp.sum(c.reward) / n}
 
 
-def to_trajectory(c: Collected) -> ppo_update.Trajectory:
-  return ppo_update.Trajectory(obs=c.obs, actions=c.factors, behaviour_logp=c.logp, behaviour_value=c.value,
-                               reward=c.reward, terminated=c.terminated, truncated=c.truncated,
-                               mask=c.acting.astype(jnp.float32))
-
-
-def to_demonstration(c: Collected) -> bc_update.Demonstration:
-  steps = c.reward.shape[0]
-  return bc_update.Demonstration(obs=jax.tree.map(lambda x: x[:steps], c.obs), actions=c.factors, reward=c.reward,
-                                 terminated=c.terminated, mask=c.label_ok.astype(jnp.float32))
-
-
 def sample_scenes(pool: types.Scenario, num: int, rng: Array) -> types.Scenario:
   """`num` scenes of the pool, without replacement when the pool is large enough."""
   n = pool.objects.x.shape[0]
@@ -195,9 +189,7 @@ def sample_scenes(pool: types.Scenario, num: int, rng: Array) -> types.Scenario:
 
 def make_update_fn(agent: Agent, cfg: FusedConfig):
   """The learner's un-jitted update for cfg.algo (the very function the learner service jits)."""
-  if cfg.algo == "ppo":
-    return ppo_update.make_ppo_update_fn(agent, cfg.ppo)
-  return bc_update.make_bc_update_fn(agent, cfg.bc)
+  return cfg.algorithm.make_update(agent, cfg.learner, None)
 
 
 def dagger_probability(cfg: FusedConfig, iteration: Array) -> float | Array:
@@ -212,23 +204,23 @@ def make_train_iteration(agent: Agent, cfg: FusedConfig):
   """Jitted `train_iteration(carry) -> (carry, metrics)`: COLLECT then UPDATE; the carry is donated."""
   if agent.grid_cfg != cfg.env.actions:
     raise ValueError(f"agent grid {agent.grid_cfg} != environment grid {cfg.env.actions}")
+  algorithm = cfg.algorithm
   update = make_update_fn(agent, cfg)
-  kl_to_reference = cfg.algo == "ppo" and cfg.ppo.ppo.ref_kl_coef > 0
+  kl_to_reference = algorithm.wants_reference(cfg.learner)
 
   def train_iteration(carry: FusedCarry) -> tuple[FusedCarry, Metrics]:
     if kl_to_reference and carry.reference is None:
-      raise ValueError("PPOConfig.ref_kl_coef > 0 needs reference params: init_carry(..., reference_params=...)")
+      raise ValueError(f"{cfg.algo}: a KL to a reference policy needs reference params: "
+                       "init_carry(..., reference_params=...)")
     rng, k_scenes, k_roll = jax.random.split(carry.rng, 3)
     # COLLECT
     scenarios = sample_scenes(carry.scenes, cfg.num_scenes, k_scenes)
-    c = collect(agent, cfg, carry.train.params, scenarios, k_roll, expert=cfg.algo == "bc",
-                dagger=dagger_probability(cfg, carry.iteration))
+    c = collect(agent, cfg, algorithm.policy_params(carry.train), scenarios, k_roll,
+                expert=algorithm.acting == "expert", dagger=dagger_probability(cfg, carry.iteration))
     # UPDATE
-    batch = to_trajectory(c) if cfg.algo == "ppo" else to_demonstration(c)
+    batch = algorithm.from_rollout(c, cfg.learner)
     if kl_to_reference:  # the reference policy's logits on the visited states, one batched forward pass
-      steps = c.reward.shape[0]
-      ref_logits = agent.apply(carry.reference, jax.tree.map(lambda x: x[:steps], c.obs))[0]
-      batch = batch.replace(ref_logits=jax.lax.stop_gradient(ref_logits))
+      batch = algorithm.add_reference(agent, batch, carry.reference)
     train, metrics = update(carry.train, batch)
     metrics = dict(metrics, **rollout_rates(c))
     return carry.replace(train=train, rng=rng, iteration=carry.iteration + 1), metrics
@@ -251,46 +243,36 @@ def init_carry(agent: Agent, cfg: FusedConfig, scenarios: list[types.Scenario], 
   if params is None:
     seed = int(jax.random.randint(k_params, (), 0, 2**31 - 1))
     params = agent.host_init(seed, observation_example(scenarios[0], cfg.env))
-  opt = cfg.ppo.optimizer if cfg.algo == "ppo" else cfg.bc.optimizer
-  train = training.init_training_state(jax.tree.map(jnp.array, params), training.make_optimizer(opt), k_train)
+  train = cfg.algorithm.init(agent, cfg.learner, jax.tree.map(jnp.array, params), k_train)
   reference = None if reference_params is None else jax.tree.map(jnp.array, reference_params)
   return FusedCarry(train=train, scenes=pool, rng=k_carry, iteration=jnp.zeros((), jnp.int32), reference=reference)
 
 
 # DRIVER
 
-def run(iteration_fn, carry: FusedCarry, total_agent_steps: int, on_iteration=None, show_progress: bool = True,
-        max_iterations: int | None = None, agent_steps_done: int = 0, status_fn=None) -> tuple[FusedCarry, int]:
+def run(iteration_fn, carry: FusedCarry, total_agent_steps: int, on_iteration=None, progress=None,
+        max_iterations: int | None = None, agent_steps_done: int = 0) -> tuple[FusedCarry, int]:
   """Calls `iteration_fn` until `total_agent_steps` agent steps (or `max_iterations`); returns (carry, agent steps).
 
   on_iteration(carry, metrics: dict of floats, agent_steps: int, wall_s: float) runs after every iteration
   (metrics are fetched to the host there, once per iteration) and may return False to stop early.
-  status_fn() -> str, if given, is appended to the bar after each iteration (e.g. the latest held-out evaluation).
+  progress(agent_steps, metrics, wall_s), if given, runs after it (a progress bar, a log line).
   """
   import time
 
-  from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-  columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-             TextColumn("{task.fields[info]}"))
   t0, steps, it = time.perf_counter(), int(agent_steps_done), 0
-  with Progress(*columns, disable=not show_progress, transient=False) as bar:
-    task = bar.add_task("agent steps", total=int(total_agent_steps), completed=steps, info="compiling...")
-    while steps < total_agent_steps and (max_iterations is None or it < max_iterations):
-      carry, metrics = iteration_fn(carry)
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      steps, it = steps + int(metrics["agent_steps"]), it + 1
-      wall = time.perf_counter() - t0
-      stop = on_iteration is not None and on_iteration(carry, metrics, steps, wall) is False
-      bar.update(task, completed=min(steps, total_agent_steps), info=(
-          f"{steps / max(wall, 1e-9):,.0f} steps/s  train goal {metrics['goal_rate']:.2f} "
-          f"col {metrics['collision_rate']:.2f} off {metrics['offroad_rate']:.2f}"
-          + (f"  {status_fn()}" if status_fn is not None else "")))
-      if stop:
-        break
+  while steps < total_agent_steps and (max_iterations is None or it < max_iterations):
+    carry, metrics = iteration_fn(carry)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    steps, it = steps + int(metrics["agent_steps"]), it + 1
+    wall = time.perf_counter() - t0
+    stop = on_iteration is not None and on_iteration(carry, metrics, steps, wall) is False
+    if progress is not None:
+      progress(steps, metrics, wall)
+    if stop:
+      break
   return carry, steps
 
 
-__all__ = ["ALGOS", "Collected", "FusedCarry", "FusedConfig", "collect", "dagger_probability", "init_carry",
-           "make_train_iteration", "make_update_fn", "observation_example", "rollout_rates", "run", "sample_scenes",
-           "to_demonstration", "to_trajectory"]
+__all__ = ["Collected", "FusedCarry", "FusedConfig", "collect", "dagger_probability", "init_carry",
+           "make_train_iteration", "make_update_fn", "observation_example", "rollout_rates", "run", "sample_scenes"]

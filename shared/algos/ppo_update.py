@@ -25,8 +25,9 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from shared.algos import distributed, ppo, training
+from shared.algos import api, distributed, ppo, training
 from shared.algos.agent import Agent, as_net_input
 
 Array = jax.Array
@@ -130,5 +131,58 @@ def make_ppo_update_step(agent: Agent, config: PPOUpdateConfig = PPOUpdateConfig
 init_state = training.init_state  # (params, config, rng) -> TrainingState, one definition for every learner
 
 
-__all__ = ["PPOUpdateConfig", "Trajectory", "init_state", "make_ppo_update_fn", "make_ppo_update_step",
-           "trajectory_targets"]
+# THE BUNDLE (shared.algos.api)
+
+def configure(hyper: api.Hyper) -> PPOUpdateConfig:
+  base = PPOUpdateConfig()
+  loss = hyper.set(base.ppo, gamma="gamma", lambda_="gae_lambda", clip_eps="clip_eps", value_coef="value_coef",
+                   entropy_coef="entropy_coef", use_vtrace="use_vtrace", ref_kl_coef="ref_kl_coef")
+  return hyper.set(dataclasses.replace(base, ppo=loss, optimizer=hyper.optimizer(base.optimizer)),
+                   num_epochs="num_epochs", num_minibatches="num_minibatches")
+
+
+def from_rollout(c: Any, config: PPOUpdateConfig) -> Trajectory:
+  """The fused collect loop's record (obs (T + 1, ...), the sampled factors, their log-probs and values)."""
+  return Trajectory(obs=c.obs, actions=c.factors, behaviour_logp=c.logp, behaviour_value=c.value, reward=c.reward,
+                    terminated=c.terminated, truncated=c.truncated, mask=c.acting.astype(jnp.float32))
+
+
+def from_arrays(pn: Any, arrays: dict) -> Trajectory:
+  """A ReplayBatch from the on-policy table: obs/flat (T, B, F), bootstrap_obs/flat (1, B, F) = s_T, action (T, B)
+  grid, log_prob / value (T, B) of the actor, reward (T, B), done / terminated / valid (T, B). Terminated steps do not
+  bootstrap, done-but-not-terminated ones (the log's end) and the unroll's last step do (truncated); mask = valid.
+  Without bootstrap_obs (a v1 Trajectory) the last step serves as s_T only."""
+  obs = np.asarray(arrays["obs/flat"], np.float32)
+  boot = arrays.get("bootstrap_obs/flat")
+  steps = {k: np.asarray(arrays[k]) for k in ("action", "log_prob", "value", "reward", "done", "valid")}
+  terminated = np.asarray(arrays.get("terminated", np.zeros_like(steps["done"])), bool)
+  if boot is None:  # no s_T sent: the last recorded step becomes the bootstrap observation
+    steps = {k: v[:-1] for k, v in steps.items()}
+    terminated = terminated[:-1]
+  else:
+    obs = np.concatenate([obs, np.asarray(boot, np.float32)], axis=0)
+  truncated = steps["done"] & ~terminated
+  truncated[-1] = True  # the unroll stops here: bootstrap from V(s_T)
+  return Trajectory(
+      obs=pn.net_input(jnp.asarray(obs)), actions=pn.agent.to_factors(jnp.asarray(steps["action"], jnp.int32)),
+      behaviour_logp=jnp.asarray(steps["log_prob"], jnp.float32),
+      behaviour_value=jnp.asarray(steps["value"], jnp.float32), reward=jnp.asarray(steps["reward"], jnp.float32),
+      terminated=jnp.asarray(terminated), truncated=jnp.asarray(truncated),
+      mask=jnp.asarray(steps["valid"], jnp.float32))
+
+
+def add_reference(agent: Agent, traj: Trajectory, reference: Any) -> Trajectory:
+  """`traj` with the frozen reference policy's logits at s_0 .. s_{T-1} (one batched forward pass)."""
+  steps = traj.reward.shape[0]
+  logits = agent.apply(reference, jax.tree.map(lambda x: x[:steps], traj.obs))[0]
+  return traj.replace(ref_logits=jax.lax.stop_gradient(logits))
+
+
+ALGORITHM = api.Algorithm(
+    name="ppo", config_type=PPOUpdateConfig, configure=configure, make_update=make_ppo_update_fn,
+    from_rollout=from_rollout, from_arrays=from_arrays, acting="policy", replay=(api.Draw("onpolicy"),),
+    wants_reference=lambda config: config.ppo.ref_kl_coef > 0, add_reference=add_reference)
+
+
+__all__ = ["ALGORITHM", "PPOUpdateConfig", "Trajectory", "add_reference", "configure", "from_arrays", "from_rollout",
+           "init_state", "make_ppo_update_fn", "make_ppo_update_step", "trajectory_targets"]

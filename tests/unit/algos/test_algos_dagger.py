@@ -74,7 +74,7 @@ def test_ppo_kl_to_a_frozen_reference_keeps_the_policy_near_it():
   def drift(coef):
     up = ppo_update.PPOUpdateConfig(ppo=ppo.PPOConfig(ref_kl_coef=coef, entropy_coef=0.0),
                                     optimizer=training.OptimizerConfig(learning_rate=1e-2), num_minibatches=1)
-    cfg = fused.FusedConfig(env=ECFG, algo="ppo", num_scenes=2, num_steps=STEPS, ppo=up)
+    cfg = fused.FusedConfig(env=ECFG, algo="ppo", num_scenes=2, num_steps=STEPS, learner=up)
     carry = fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(0), params,
                              reference_params=params if coef > 0 else None)
     step = fused.make_train_iteration(agent, cfg)
@@ -91,6 +91,6 @@ def test_ppo_kl_to_a_frozen_reference_keeps_the_policy_near_it():
   assert free > 0.05 and held < 0.25 * free, (free, held)
   # The term needs the reference's params.
   up = ppo_update.PPOUpdateConfig(ppo=ppo.PPOConfig(ref_kl_coef=1.0))
-  cfg = fused.FusedConfig(env=ECFG, algo="ppo", num_scenes=2, num_steps=STEPS, ppo=up)
+  cfg = fused.FusedConfig(env=ECFG, algo="ppo", num_scenes=2, num_steps=STEPS, learner=up)
   with pytest.raises(ValueError, match="reference"):
     fused.make_train_iteration(agent, cfg)(fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(0), params))

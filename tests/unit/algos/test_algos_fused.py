@@ -43,7 +43,7 @@ def agent():
 @pytest.mark.slow
 def test_bc_reaches_high_grid_action_accuracy_on_its_training_scenes(scenes, agent):
   cfg = fused.FusedConfig(env=ENV, algo="bc", num_scenes=2,
-                          bc=bc_update.BCUpdateConfig(num_epochs=2, num_minibatches=2))
+                          learner=bc_update.BCUpdateConfig(num_epochs=2, num_minibatches=2))
   carry = fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(0))
   iteration = fused.make_train_iteration(agent, cfg)
   history = []
@@ -67,7 +67,7 @@ def test_bc_reaches_high_grid_action_accuracy_on_its_training_scenes(scenes, age
 
 @pytest.mark.slow
 def test_ppo_raises_goal_rate_well_above_a_uniform_policy(scenes, agent):
-  cfg = fused.FusedConfig(env=ENV, algo="ppo", num_scenes=4, ppo=ppo_update.PPOUpdateConfig(
+  cfg = fused.FusedConfig(env=ENV, algo="ppo", num_scenes=4, learner=ppo_update.PPOUpdateConfig(
       num_epochs=4, num_minibatches=2, optimizer=training.OptimizerConfig(learning_rate=1e-3)))
   carry = fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(0))
   iteration = fused.make_train_iteration(agent, cfg)

@@ -21,6 +21,7 @@ from services.learner import checkpoint
 from services.learner import config as config_lib
 from services.learner import service as learner_service
 from shared.acting import engine as engine_lib
+from shared.algos import ppo_update
 from shared.nets import heads, inputs
 from shared.scenes import synthetic, types
 from shared.sim import env
@@ -116,7 +117,7 @@ def test_replay_arrays_map_to_trajectory_ends(pn):
             "value": np.zeros((3, 2), np.float32), "reward": np.zeros((3, 2), np.float32),
             "done": np.array([[0, 1], [1, 0], [0, 0]], bool), "terminated": np.array([[0, 0], [1, 0], [0, 0]], bool),
             "valid": np.array([[1, 1], [1, 0], [0, 0]], bool)}
-  traj = algo_lib.to_trajectory(pn, arrays)
+  traj = ppo_update.from_arrays(pn, arrays)
   assert traj.obs.ego.shape == (4, 2, 9)  # T + 1 observations: s_T from bootstrap_obs
   np.testing.assert_array_equal(traj.obs.ego[3], 1.0)
   np.testing.assert_array_equal(traj.actions[:, 0], [[6, 12], [3, 6], [0, 0]])  # 7 x 13 grid, row-major
@@ -124,7 +125,7 @@ def test_replay_arrays_map_to_trajectory_ends(pn):
   np.testing.assert_array_equal(traj.truncated, [[0, 1], [0, 0], [1, 1]])  # the unroll's end bootstraps
   np.testing.assert_array_equal(traj.mask, [[1, 1], [1, 0], [0, 0]])
   old = {k: v for k, v in arrays.items() if k not in ("bootstrap_obs/flat", "terminated")}
-  assert algo_lib.to_trajectory(pn, old).reward.shape == (2, 2)  # v1: the last step only bootstraps
+  assert ppo_update.from_arrays(pn, old).reward.shape == (2, 2)  # v1: the last step only bootstraps
 
 
 class _Publisher:
