@@ -5,12 +5,12 @@ Full step = dynamics + observations and metrics of the controlled objects + rewa
 of the controlled objects every `candidate_refresh_steps` steps), run as `rollout_batch` inside one `lax.scan` under
 jit with random grid actions that depend on the observation (through a sum that never changes them), so XLA cannot
 drop the observation as dead code.
-Scenes: the real ones in a folder (tiled to fill the batch) and/or synthetic ones. Every batch size is timed on the
-largest batch's scenes (batch b as largest / b batches in turn, same steps each) and reports the means (ms per
-step, controlled agents), so per-agent-step costs compare like with like across batch sizes. Agents: the controlled
-set is chosen once for the largest count and cut down per case, so every case shares one compiled program (observations
-and metrics are computed for max_controlled rows: the cost does not depend on how many are controlled,
-agent-steps/s does).
+Scenes (shared.scenes.source): the real ones in a folder or shard (tiled to fill the batch; bad files are skipped
+and logged) and/or synthetic ones. Every batch size is timed on the largest batch's scenes (batch b as largest / b
+batches in turn, same steps each) and reports the means (ms per step, controlled agents), so per-agent-step costs
+compare like with like across batch sizes. Agents: the controlled set is chosen once for the largest count and cut
+down per case, so every case shares one compiled program (observations and metrics are computed for max_controlled
+rows: the cost does not depend on how many are controlled, agent-steps/s does).
 Components (each alone, in a scan of the same length, batch 1 and the smallest batch > 1): dynamics, observations
 (the env's: controlled objects only; and of every object), metrics (the env's: controlled objects only, with their
 box gaps; and of every object, as log replay computes them), the candidate refresh (per call: the env's, of the
@@ -50,16 +50,18 @@ def _rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _load_scenes(source: str, scene_cfg, count: int):
-  """A list of numpy Scenarios from a folder or the synthetic generator."""
-  if source == "synthetic":
-    from shared.scenes import synthetic
-    return [sc for sc, _ in synthetic.generate_many(count, seed=0, scene_config=scene_cfg)]
-  from shared.scenes import gpudrive
-  files = sorted(pathlib.Path(source).glob("*.json"))
-  if not files:
-    raise FileNotFoundError(f"bench sim: no *.json scenes in {source}")
-  return [gpudrive.read_scene(str(f), scene_cfg)[0] for f in files]
+def _load_scenes(spec: str, scene_cfg, count: int):
+  """A list of numpy Scenarios of a scene spec (shared.scenes.source): every scene of a folder or shard, or `count`
+  synthetic ones from seed 0 ('synthetic:N' says N itself). FileNotFoundError (one line) when there are none."""
+  from shared.scenes import source as scene_source
+  try:
+    src = scene_source.parse(spec, num=count if scene_source.is_synthetic(spec) else None, seed=0)
+  except ValueError as e:
+    raise FileNotFoundError(f"bench sim: {e}") from None
+  loaded = scene_source.load(src, scene_cfg)
+  if not loaded.scenarios:
+    raise FileNotFoundError(f"bench sim: no loadable scenes in {spec} ({loaded.skipped} skipped)")
+  return loaded.scenarios
 
 
 def _timed(fn, args, repeats: int):
@@ -243,6 +245,7 @@ def _goals(rows: list[dict]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from shared.scenes import source as scene_source
   from shared.scenes import types
   from shared.sim import env
   if args.quick:
@@ -264,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
   sources = [s for s in args.scenes.split(",") if s]
   real_scenes = None
   for source in sources:
-    label = "synthetic" if source == "synthetic" else "real"
+    label = "synthetic" if scene_source.is_synthetic(source) else "real"
     try:
       scenes = _load_scenes(source, scene_cfg, min(max(batch_sizes), 8))
     except (ImportError, FileNotFoundError, RuntimeError) as e:  # e.g. the generator not there yet
@@ -297,7 +300,8 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
   p = subparsers.add_parser("sim", help="simulator step cost by batch size and agents, its parts, off-road baseline")
   p.add_argument("--scenes", default=f"{REAL_DIR},synthetic",
-                 help="comma-separated: scene folders and/or 'synthetic' (default: the real scenes and synthetic)")
+                 help="comma-separated: scene folders or shards and/or 'synthetic' / 'synthetic:N' (default: the real "
+                      "scenes and synthetic)")
   p.add_argument("--batch-sizes", default="1,16,64,256", help="comma-separated batch sizes")
   p.add_argument("--agents", default="1,64", help="comma-separated controlled agents per scene (<= 64)")
   p.add_argument("--steps", type=int, default=80, help="steps per rollout (WOMD: 80 from t=10)")

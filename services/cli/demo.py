@@ -28,7 +28,8 @@ console = Console()
 
 def register(subparsers) -> None:
   p = subparsers.add_parser("demo", help="generate scenes, replay them in the simulator, write a report")
-  p.add_argument("--scenes", default="synthetic", help="'synthetic' (default) or a folder of GPUDrive JSON / shards")
+  p.add_argument("--scenes", default="synthetic",
+                 help="'synthetic' (default), 'synthetic:N', a folder of GPUDrive JSON / shards, or one shard")
   p.add_argument("--real", default=None, help="an extra folder of real scenes to include (optional)")
   p.add_argument("--num", type=int, default=12, help="synthetic scenes to generate")
   p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
@@ -42,27 +43,28 @@ def register(subparsers) -> None:
 
 
 def _load_dataset(where: str, num: int, seed: int, out: pathlib.Path):
-  """(label, scenarios, metas, caps, skipped) for 'synthetic' or a folder."""
-  from shared.scenes import dataset, native, types
+  """(label, scenarios, metas, caps, skipped) of a scene spec (shared.scenes.source): `num` synthetic scenes from
+  `seed` ('synthetic'; 'synthetic:N' says N itself), also written as one shard, or a folder or shard of scenes.
+  Raises ValueError on a bad spec or missing path."""
+  from shared.scenes import native, types
+  from shared.scenes import source as scene_source
 
-  if where == "synthetic":
-    from shared.scenes import synthetic
-
+  src = scene_source.parse(where, num=num if scene_source.is_synthetic(where) else None, seed=seed)
+  if src.kind == scene_source.SYNTHETIC:
     caps = types.SceneConfig(max_objects=64, max_road_points=8000)
-    with console.status(f"generating {num} synthetic scenes (seed {seed})"):
+    with console.status(f"generating {src.num} synthetic scenes (seed {seed})"):
       t0 = time.perf_counter()
-      made = synthetic.generate_many(num, seed, scene_config=caps)
-    scenarios, metas = [s for s, _ in made], [m for _, m in made]
+      loaded = scene_source.load(src, caps)
     shard = out / "scenes" / f"synthetic-seed{seed}{native.SHARD_SUFFIX}"
     shard.parent.mkdir(parents=True, exist_ok=True)
-    native.write_shard(str(shard), scenarios, metas, caps)
-    console.print(f"generated {num} synthetic scenes in {time.perf_counter() - t0:.1f} s -> {shard}")
-    return "synthetic", scenarios, metas, caps, []
+    native.write_shard(str(shard), loaded.scenarios, loaded.metas, caps)
+    console.print(f"generated {src.num} synthetic scenes in {time.perf_counter() - t0:.1f} s -> {shard}")
+    return "synthetic", loaded.scenarios, loaded.metas, caps, []
   caps = types.SceneConfig()
   with console.status(f"loading scenes from {where}"):
-    res = dataset.load_folder(where, caps)
-  console.print(f"loaded {len(res.scenarios)} scenes from {where} ({res.num_skipped} skipped)")
-  return pathlib.Path(where).name, res.scenarios, res.metas, caps, res.errors
+    loaded = scene_source.load(src, caps)
+  console.print(f"loaded {len(loaded.scenarios)} scenes from {where} ({loaded.skipped} skipped)")
+  return pathlib.Path(where).name, loaded.scenarios, loaded.metas, caps, loaded.errors
 
 
 def _replay(scenarios, metas, caps, expert: str) -> dict:
@@ -202,7 +204,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
   sources = [args.scenes] + ([args.real] if args.real else [])
   sections = []
   for where in sources:
-    label, scenarios, metas, caps, errors = _load_dataset(where, args.num, args.seed, out)
+    try:
+      label, scenarios, metas, caps, errors = _load_dataset(where, args.num, args.seed, out)
+    except ValueError as e:
+      console.print(f"[red]{e}[/red]")
+      return 1
     if not scenarios:
       console.print(f"[red]no scenes from {where}[/red]")
       return 1

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from services.cli import provenance, scenes_io
+from shared.scenes import source as scene_source
 from shared.scenes import types
 from shared.sim import env, episode, inverse, rollout
 
@@ -46,7 +47,8 @@ WAYMAX_REFERENCE = {
 
 def register(subparsers) -> None:
   p = subparsers.add_parser("replay", help="drive scenes with a log-tracking expert; ADE, goal, collision rates")
-  p.add_argument("dir", help="folder of scenes, or the word 'synthetic' (with --num and --seed)")
+  p.add_argument("dir", help="folder of scenes, a .dlshard.npz shard, or 'synthetic' (with --num and --seed) or "
+                              "'synthetic:N'")
   p.add_argument("--expert", choices=("continuous", "grid", "log"), default="grid",
                  help="grid: closed-loop grid tracking; continuous: open-loop inferred actions; log: no driving, "
                       "the same agents scored on the log itself (its own collision / off-road artefacts)")
@@ -61,16 +63,11 @@ def register(subparsers) -> None:
 
 
 def load_scenes(where: str, config: types.SceneConfig, num: int, seed: int):
-  """(scenarios, names) from a folder, or from the synthetic generator when `where` is 'synthetic'."""
-  if where == "synthetic":
-    from shared.scenes import synthetic  # helper module of the scenes package; imported only when asked for
-
-    made = synthetic.generate_many(num, seed, scene_config=config)  # [(scenario, meta)]
-    return [sc for sc, _ in made], [meta.name for _, meta in made]
-  from shared.scenes import dataset
-
-  result = dataset.load_folder(where, config)
-  return result.scenarios, [m.name for m in result.metas]
+  """(scenarios, names) of a scene spec (shared.scenes.source): a folder or shard (every scene), or `num` synthetic
+  scenes from `seed` ('synthetic'; 'synthetic:N' says N itself). Raises ValueError on a bad spec or missing path."""
+  src = scene_source.parse(where, num=num if scene_source.is_synthetic(where) else None, seed=seed)
+  loaded = scene_source.load(src, config)
+  return loaded.scenarios, [m.name for m in loaded.metas]
 
 
 def env_config(agents: str, max_controlled: int, init_step: int) -> env.EnvConfig:
@@ -157,7 +154,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
   command = (f"drivelab scenes replay {args.dir} --expert {args.expert} --agents {args.agents} "
              f"--max-controlled {args.max_controlled} --max-objects {config.max_objects} "
              f"--max-road-points {config.max_road_points}"
-             + (f" --num {args.num} --seed {args.seed}" if args.dir == "synthetic" else ""))
+             + (f" --num {args.num} --seed {args.seed}" if scene_source.is_synthetic(args.dir) else ""))
   result.update(command=command, source=str(args.dir), expert=args.expert, agents=args.agents,
                 num_scenes=len(scenarios), seconds=round(time.perf_counter() - t0, 2), caps=dataclasses.asdict(config),
                 reference_waymax=WAYMAX_REFERENCE.get(args.expert), git_commit=provenance.git_commit(),

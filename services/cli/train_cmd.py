@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
   p.add_argument("--algo", choices=registry.names(), default="ppo")
   p.add_argument("--pretrain", choices=("bc",), default=None, help="pretrain policy and value by BC first")
-  p.add_argument("--scenes", default="synthetic", help="folder of scenes, or 'synthetic'")
+  p.add_argument("--scenes", default="synthetic", help="'synthetic', 'synthetic:N', a folder or a scene file")
   p.add_argument("--num", type=int, default=None, help="scenes to use (synthetic: how many; default 16)")
   p.add_argument("--seed", type=int, default=0, help="synthetic scene seed and training seed")
   p.add_argument("--steps", type=int, default=200_000, help="agent steps of the main algorithm")
@@ -73,22 +73,13 @@ def register(subparsers) -> None:
 
 
 def load_scenes(scenes: str, num: int | None, seed: int, scene_cfg, vehicles: tuple[int, int] | None = None):
-  """(scenarios, metas, source) for a folder or 'synthetic' (`vehicles`: range per synthetic scene, default the
-  generator's); raises ValueError. `source` says how to make the same scenes again (the report reloads them)."""
-  from shared.scenes import dataset, synthetic
+  """(scenarios, metas, source) of a shared.scenes.source spec ("synthetic", "synthetic:N", a folder or a file;
+  `vehicles`: range per synthetic scene, default the generator's); raises ValueError. `source` says how to make the
+  same scenes again (the report reloads them)."""
+  from shared.scenes import source as scene_source
 
-  if scenes == "synthetic":
-    num = 16 if num is None else num
-    syn = dataclasses.replace(synthetic.SyntheticConfig(), num_timesteps=scene_cfg.num_timesteps,
-                              init_step=scene_cfg.init_step)
-    syn = syn if vehicles is None else dataclasses.replace(syn, num_vehicles=tuple(vehicles))
-    pairs = synthetic.generate_many(num, seed, syn, scene_cfg)
-    source = {"scenes": "synthetic", "num": num, "seed": seed, "vehicles": list(syn.num_vehicles)}
-    return [p[0] for p in pairs], [p[1] for p in pairs], source
-  if not os.path.isdir(scenes):
-    raise ValueError(f"--scenes: no such folder {scenes}")
-  res = dataset.load_folder(scenes, scene_cfg, limit=num)
-  return res.scenarios, res.metas, {"scenes": os.path.abspath(scenes), "num": num, "seed": seed}
+  loaded = scene_source.load(scene_source.parse(scenes, num, seed, vehicles), scene_cfg)
+  return loaded.scenarios, loaded.metas, loaded.record
 
 
 def make_agent(net: str, preset: str):

@@ -23,7 +23,8 @@ import platform
 
 import numpy as np
 
-from shared.scenes import dataset, synthetic, types
+from shared.scenes import source as scene_source
+from shared.scenes import types
 from shared.sim import episode
 
 EVAL_DIR, PERIODIC_DIR, REPORT_DIR = "evaluations", "eval", "report"
@@ -76,8 +77,9 @@ def make_record(policy: str, per_agent: dict[str, np.ndarray], metas: list[types
                 env_cfg, scene_cfg: types.SceneConfig, held_out: list[int], split: dict) -> dict:
   """An evaluation record: per-agent columns of the evaluated agents, summaries overall / per split / per scene.
 
-  per_agent: {EpisodeMetrics field: (N, O)}; source: how to reload the scenes ({"scenes": dir or "synthetic",
-  "num", "seed"}); held_out: scene indices of the held-out split; split: {"held_out_fraction", "seed"}.
+  per_agent: {EpisodeMetrics field: (N, O)}; source: how to reload the scenes (shared.scenes.source.record:
+  {"scenes": path or "synthetic", "num", "seed"[, "vehicles"]}); held_out: scene indices of the held-out split;
+  split: {"held_out_fraction", "seed"}.
   """
   ev = per_agent["evaluated"].astype(bool)
   scene_idx, obj_idx = np.nonzero(ev)
@@ -186,19 +188,14 @@ def expert_on_same_agents(record: dict, log_record: dict) -> tuple[dict, dict, l
 
 
 def load_scenes(record: dict) -> tuple[list[types.Scenario], list[types.SceneMeta]]:
-  """The scenes a record was evaluated on, reloaded from its source with its caps."""
-  src = record["source"]
+  """The scenes a record was evaluated on, remade from its source (shared.scenes.source.from_record: "vehicles" is
+  recorded by `drivelab train` when it narrows the generator's range) with its caps. Raises ValueError when the
+  source is gone or malformed."""
   sc = record["config"]["scenes"]
   cfg = types.SceneConfig(**{k: sc[k] for k in ("max_objects", "max_road_points", "max_tl_lanes", "num_timesteps",
                                                  "init_step")})
-  if src["scenes"] == "synthetic":
-    syn = dataclasses.replace(synthetic.SyntheticConfig(), num_timesteps=cfg.num_timesteps, init_step=cfg.init_step)
-    if src.get("vehicles"):  # recorded by `drivelab train` when it narrows the generator's range
-      syn = dataclasses.replace(syn, num_vehicles=tuple(src["vehicles"]))
-    pairs = synthetic.generate_many(int(src["num"]), int(src["seed"]), syn, cfg)
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-  res = dataset.load_folder(src["scenes"], cfg, limit=src.get("num"))
-  return res.scenarios, res.metas
+  loaded = scene_source.load(scene_source.from_record(record["source"]), cfg)
+  return loaded.scenarios, loaded.metas
 
 
 def worst_scenes(record: dict, k: int, new_failures: list[int] | None = None) -> list[int]:

@@ -16,8 +16,8 @@ class SceneLoaderConfig:
     batch_size: scenes per ScenarioBatch [DRIVELAB_SCENE_LOADER_BATCH].
     max_objects, max_road_points, max_tl_lanes: padding caps (shared.scenes.types.SceneConfig)
       [DRIVELAB_SCENE_MAX_OBJECTS, DRIVELAB_SCENE_MAX_ROAD_POINTS, DRIVELAB_SCENE_MAX_TL_LANES].
-    num_synthetic: scenes generated when the source is "synthetic".
-    limit: most scenes read from a folder (0: all).
+    num_synthetic: scenes generated when the source is "synthetic" ("synthetic:N" says N itself).
+    limit: most scenes read from a folder or shard (0: all).
     seed: shuffling / generation seed (the replica's pid is added to the shuffle).
     send_timeout_s: how long one send waits for the broker's credit before trying again.
     emit_expert: also send each batch's logged behaviour (grid-expert actions with observations) to replay's

@@ -1,8 +1,8 @@
-"""Scene loader: scenes (synthetic or a folder) -> padded, batched ScenarioBatch messages -> the broker, by credit.
+"""Scene loader: scenes (synthetic or files) -> padded, batched ScenarioBatch messages -> the broker, by credit.
 
-Scenes are read once at start (shared.scenes.dataset / shared.scenes.synthetic) and cycled in shuffled batches
-(`dataset.batch_iterator`); the next batch is built while the current one waits for credit, so a batch is ready
-the moment a simulator asks (the papers' "next batch preloaded"). A batch that finds no credit within
+Scenes are made once at start (shared.scenes.source: generated, or read from a folder or shard) and cycled in
+shuffled batches (`dataset.batch_iterator`); the next batch is built while the current one waits for credit, so a
+batch is ready the moment a simulator asks (the papers' "next batch preloaded"). A batch that finds no credit within
 `send_timeout_s` is kept and offered again: nothing accepted from disk is dropped.
 
 With `emit_expert`, each batch's logged behaviour (closed-loop grid expert of shared.sim.rollout: actions plus
@@ -23,6 +23,7 @@ import numpy as np
 from services.common import runtime, scenario_codec
 from services.scene_loader import config as config_lib
 from shared.scenes import dataset, types
+from shared.scenes import source as scene_source
 from shared.wire import flow
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,18 @@ def scene_config(cfg: config_lib.SceneLoaderConfig) -> types.SceneConfig:
                            max_tl_lanes=cfg.max_tl_lanes)
 
 
-def load_scenes(source: str, cfg: config_lib.SceneLoaderConfig) -> tuple[list[types.Scenario], list[types.SceneMeta]]:
-  """All scenes of `source` ("synthetic" or a folder), padded to the configured caps."""
-  sc = scene_config(cfg)
-  if source == "synthetic":
-    from shared.scenes import synthetic
-
-    pairs = synthetic.generate_many(cfg.num_synthetic, seed=cfg.seed, scene_config=sc)
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-  result = dataset.load_folder(source, sc, limit=cfg.limit or None)
-  if not result.scenarios:
-    raise SystemExit(f"scene_loader: no loadable scenes in {source} ({result.num_skipped} skipped)")
-  return result.scenarios, result.metas
+def load_scenes(spec: str, cfg: config_lib.SceneLoaderConfig) -> tuple[list[types.Scenario], list[types.SceneMeta]]:
+  """All scenes of `spec` (shared.scenes.source: "synthetic", "synthetic:N", a folder or a shard), padded to the
+  configured caps: `num_synthetic` generated, or at most `limit` read (0: all). Raises SystemExit with one line."""
+  num = cfg.num_synthetic if scene_source.is_synthetic(spec) else cfg.limit or None
+  try:
+    src = scene_source.parse(spec, num=num, seed=cfg.seed)
+  except ValueError as e:
+    raise SystemExit(f"scene_loader: {e}") from None
+  loaded = scene_source.load(src, scene_config(cfg))
+  if not loaded.scenarios:
+    raise SystemExit(f"scene_loader: no loadable scenes in {spec} ({loaded.skipped} skipped)")
+  return loaded.scenarios, loaded.metas
 
 
 class SceneLoader:
