@@ -10,9 +10,9 @@ Inference (the ZeroMQ load-balancing broker pattern): simulators' `transport.Cli
 and gets `inference_slots` slots less the requests it still holds; the broker hands it [client id, *request]
 while it has a free slot, and routes its [client id, *reply] back (a reply from a worker holding no request is
 dropped; a worker releases a request it cannot answer with a Heartbeat status "rejected"). So a peer that says
-"ready" and never answers holds at most `inference_slots` requests, however often it says it (counted in
-`drivelab_credit_refused_total{reason="ready_while_busy"|"unsolicited_reply"}`). Requests wait in a bounded queue while every worker is busy. Every message is decoded
-(and counted when malformed) but forwarded as the original frames.
+"ready" and never answers holds at most `inference_slots` requests (counted in drivelab_credit_refused_total).
+Requests wait in a bounded queue while every worker is busy. Every message is decoded (and counted when
+malformed) but forwarded as the original frames.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ _NO_ROUTE = (zmq.EHOSTUNREACH, zmq.EAGAIN)
 
 @dataclasses.dataclass
 class Links:
-  """Attributes: scenes_in (flow.CreditConsumer, ROUTER), scenes (flow.CreditProducer, ROUTER),
-  act_front, act_back (zmq ROUTER sockets)."""
+  """scenes_in (flow.CreditConsumer, ROUTER), scenes (flow.CreditProducer, ROUTER), act_front, act_back (ROUTERs)."""
 
   scenes_in: Any
   scenes: Any

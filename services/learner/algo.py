@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Callable
 
 import jax
@@ -28,6 +29,13 @@ from services.learner import config as config_lib
 from shared.algos import api, distributed, registry
 
 Arrays = dict[str, np.ndarray]
+
+
+def join(cfg: config_lib.LearnerConfig) -> None:
+  """Joins the other learner replicas through jax.distributed (before any JAX computation); a no-op for one."""
+  if distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id):
+    logging.getLogger(__name__).info("event=distributed process=%d/%d devices=%d", cfg.process_id,
+                                     cfg.num_processes, jax.device_count())
 
 
 def hyper(cfg: config_lib.LearnerConfig) -> api.Hyper:
@@ -113,4 +121,4 @@ def make(pn: policy_net.PolicyNet, algo: str, cfg: config_lib.LearnerConfig) -> 
   return LearnerAlgo(algorithm=algorithm, config=ucfg, policy=pn, update=update, seed=cfg.seed, mesh=mesh)
 
 
-__all__ = ["LearnerAlgo", "host", "hyper", "make"]
+__all__ = ["LearnerAlgo", "host", "hyper", "join", "make"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import pathlib
@@ -170,5 +171,32 @@ def latest_version(directory: str | os.PathLike) -> int | None:
   return found[-1][0] if found else None
 
 
-__all__ = ["checkpoint_path", "latest_version", "list_checkpoints", "read_extra", "read_raw", "restore",
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """`obj` as JSON at `path`, atomically (a temporary file renamed into place)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(f"{path}.tmp", "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(f"{path}.tmp", path)
+
+
+def policy_params_from(where: str, template: Any, phase: str = "bc") -> tuple[Any, pathlib.Path, int]:
+  """(params shaped and typed like `template`, checkpoint path, version) of the newest checkpoint in `where` (a
+  checkpoint folder, or a run_dir with checkpoints/<phase>) whose {"train": state} holds `params`; ValueError with
+  one line when there is none or it does not fit `template`."""
+  folder = where if list_checkpoints(where) else os.path.join(where, "checkpoints", phase)
+  found = list_checkpoints(folder)
+  if not found:
+    raise ValueError(f"{where!r} holds no checkpoint (nor checkpoints/{phase})")
+  raw, version, _ = read_raw(found[-1][1])
+  try:
+    params = jax.tree.map(lambda a, b: np.asarray(b, dtype=a.dtype), template, raw["train"]["params"])
+    fits = all(np.shape(a) == b.shape for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(params)))
+  except (KeyError, TypeError, ValueError):
+    fits = False
+  if not fits:
+    raise ValueError(f"{found[-1][1]} does not fit this network")
+  return params, found[-1][1], version
+
+
+__all__ = ["checkpoint_path", "latest_version", "list_checkpoints", "policy_params_from", "write_json", "read_extra", "read_raw", "restore",
            "restore_latest", "save"]

@@ -1,34 +1,27 @@
-"""Learner: ReplayBatch in (replay, credits) -> one pure `update_step(state, batch)` -> Params out (PUB, versioned).
+"""Learner: ReplayBatch in (replay, credits) -> one pure `update(state, batch)` -> Params out (PUB, versioned).
 
-`--algo ppo|bc` (common setting, so replay serves the matching table): the update steps are the fused path's own
-(services.learner.algo over shared.algos.ppo_update / bc_update) on the stack's policy network
-(shared.acting.policy_net: `--net`, `--preset`). PPO takes V-trace targets by default (the simulators act with
-params that lag the learner's); BC clones the scene loader's logged expert actions from replay's expert table.
-
+`--algo NAME` (a common setting: replay keeps the tables that algorithm declares) picks a bundle of
+shared.algos.registry, bound to the stack's policy network by services.learner.algo; its update is the fused path's
+own. PPO takes V-trace targets by default (the simulators act with params that lag the learner's); BC clones the
+scene loaders' logged expert actions from replay's expert table.
 Versions: version 0 is the params every process computes on its own (`PolicyNet.init_flat`); every update publishes
-version + 1, flattened to "/"-joined keys; params are also re-published every `publish_interval_s` (PUB/SUB drops
-what a subscriber missed while joining; the newest version wins). Checkpoints (services.learner.checkpoint: save /
-restore_latest) hold {"train": TrainingState} under run_dir/checkpoints/<algo>, every `checkpoint_every` updates
-and at shutdown; a restart resumes from the newest with the same version, params, optimizer moments, step and PRNG
-key. run_dir/policy.json says how to rebuild the network (what `drivelab eval` reads).
-Fine-tuning: `--init-from DIR` (a BC run's checkpoints/bc, or its run_dir) starts from that checkpoint's params,
-which are then version 1, published at start with min_data_version 1: actors that act before receiving them use
-version 0 (PolicyNet.init_flat, random), and replay masks what they collected (dropped{what="before_warm_start"})
-instead of the learner fine-tuning the BC policy on a random policy's data (the floor is kept in checkpoints);
-`--ref-kl-coef C` (PPO) adds C * KL(pi_init || pi) to the loss, the reference logits computed per batch by one
-forward pass of the frozen init params (as the fused path does).
+version + 1, flattened to "/"-joined keys, and params are re-published every `publish_interval_s` (the newest
+version wins). Checkpoints (services.learner.checkpoint) hold {"train": state} under run_dir/checkpoints/<algo>,
+every `checkpoint_every` updates and at shutdown; a restart resumes from the newest, bit for bit.
+run_dir/policy.json says how to rebuild the network (what `drivelab eval` reads).
+Fine-tuning: `--init-from DIR` (a BC run) starts from that checkpoint's params as version 1, published with
+min_data_version 1, so replay masks data acted with the random version 0 (dropped{what="before_warm_start"});
+`--ref-kl-coef C` adds C * KL(pi_init || pi) for a bundle with a reference policy (PPO).
 Scale-out: `--num-processes N --process-id I --coordinator HOST:PORT` joins N learners (each with its own replay)
 through jax.distributed; the update then averages gradients over every process's devices.
 Metrics: drivelab_learner_loss{name}, params_version, params_version_lag, drivelab_learner_updates_total,
 drivelab_learner_samples_total, drivelab_learner_updates_per_second.
-
 Links: binds replay_samples (ROUTER consumer), params (PUB) and eval (ROUTER consumer).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -43,7 +36,6 @@ from shared.acting import policy_net
 from services.learner import algo as algo_lib
 from services.learner import checkpoint
 from services.learner import config as config_lib
-from shared.algos import distributed
 from shared.wire import codec, schemas, transport
 
 log = logging.getLogger(__name__)
@@ -87,26 +79,16 @@ class Learner:
       raise SystemExit("learner: ref_kl_coef > 0 needs init_from (the reference policy's checkpoint)")
     if cfg.resume:
       self._resume()
-    self._write_policy_json()
+    checkpoint.write_json(os.path.join(rt.common.run_dir, "policy.json"),
+                          dict(policy_net.policy_meta(self.algo.policy), algo=self.algo_name, source="stack"))
 
   def _init_params(self, where: str) -> Any:
-    """The params of the newest checkpoint in `where` (a checkpoint folder, or a run_dir with checkpoints/bc),
-    checked against this learner's network; SystemExit with one line when there is none or it does not fit."""
-    folder = where if checkpoint.list_checkpoints(where) else os.path.join(where, "checkpoints", "bc")
-    found = checkpoint.list_checkpoints(folder)
-    if not found:
-      raise SystemExit(f"learner: init_from {where!r} holds no checkpoint (nor checkpoints/bc)")
-    raw, version, _ = checkpoint.read_raw(found[-1][1])
-    mine = algo_lib.host(self.algo.policy_params(self.state))
+    """The params of the newest checkpoint in `where` (checkpoint.policy_params_from); SystemExit with one line."""
     try:
-      params = jax.tree.map(lambda a, b: np.asarray(b, dtype=a.dtype), mine, raw["train"]["params"])
-      fits = all(a.shape == b.shape for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(params)))
-    except (KeyError, TypeError, ValueError):
-      fits = False
-    if not fits:
-      raise SystemExit(f"learner: init_from {found[-1][1]} does not fit this network ({self.rt.common.net}, "
-                       f"{self.rt.common.preset})")
-    log.info("event=init_from dir=%s version=%d ref_kl_coef=%g", found[-1][1], version, self.cfg.ref_kl_coef)
+      params, path, version = checkpoint.policy_params_from(where, algo_lib.host(self.algo.policy_params(self.state)))
+    except ValueError as e:
+      raise SystemExit(f"learner: init_from {e} ({self.rt.common.net}, {self.rt.common.preset})") from None
+    log.info("event=init_from dir=%s version=%d ref_kl_coef=%g", path, version, self.cfg.ref_kl_coef)
     return params
 
   def _metrics(self) -> None:
@@ -127,14 +109,6 @@ class Learner:
     self.samples = int(extra.get("samples", 0))
     self.min_data_version = int(extra.get("min_data_version", 0))
     log.info("event=resume version=%d step=%d dir=%s", self.version, int(tree["train"].step), self.ckpt_dir)
-
-  def _write_policy_json(self) -> None:
-    path = os.path.join(self.rt.common.run_dir, "policy.json")
-    meta = dict(policy_net.policy_meta(self.algo.policy), algo=self.algo_name, source="stack")
-    os.makedirs(self.rt.common.run_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(meta, f, indent=1)
-    os.replace(path + ".tmp", path)
 
   def save(self) -> None:
     # Every replica saves (the states are identical), so each restarts from its own run_dir; on a shared run_dir
@@ -209,14 +183,8 @@ class Learner:
       link.close()
 
 
-def init_distributed(cfg: config_lib.LearnerConfig) -> None:
-  """Joins the other learner replicas (before any JAX computation); a no-op for a single learner."""
-  if distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id):
-    log.info("event=distributed process=%d/%d devices=%d", cfg.process_id, cfg.num_processes, jax.device_count())
-
-
 def bootstrap(cfg: config_lib.LearnerConfig, rt: runtime.Runtime) -> Learner:
-  init_distributed(cfg)
+  algo_lib.join(cfg)  # the other learner replicas, before any JAX computation
   server = rt.curve(bind=True)  # CURVE keys, or None when curve_dir is unset
   c, m = rt.common, rt.metrics
   links = Links(

@@ -1,18 +1,18 @@
 """Replay: Trajectory messages in (simulators, credits), ReplayBatch out (learner, credits), newest version in (PUB).
 
-The table is shared.replay.FifoQueue (on-policy: each item is used once). One item = one Trajectory's arrays
-(T, B, ...) plus its params version. Backpressure, end to end: replay takes a Trajectory off the socket only while
-the queue has room, and a simulator sends only against replay's credits, so a slow learner makes simulators wait
-instead of growing any queue. A sample of `sample_items` items becomes one ReplayBatch (T, sample_items * B, ...);
-items older than the newest params by more than `max_staleness_versions`, or older than the learner's
-`min_data_version` (a warm start's params are version 1: data acted with version 0 came from a random policy), are
-masked out (valid=False), counted (dropped{what="stale_item"|"before_warm_start"}).
-
-The expert table (shared.replay.UniformBuffer) keeps the scene loader's ExpertTrajectories for the imitation
-learners. With the stack's algo "bc" (DRIVELAB_ALGO) the learner's ReplayBatches come from it instead (table
-"expert": `sample_items` messages drawn uniformly, (T_log, sample_items * B, ...) with reward/done/terminated), and
-the simulators' Trajectories, which BC does not use, are consumed and counted (`dropped_total{what=
-"unused_trajectory"}`) so the simulators keep running.
+The tables are the algorithm's (shared.algos.registry: `replay`, the stack's DRIVELAB_ALGO), host-side numpy
+(shared.replay.tables): "onpolicy" (FIFO, each Trajectory used once), "offpolicy" (uniform ring over Trajectories),
+"expert" (uniform ring over the scene loaders' ExpertTrajectories; kept whatever the algorithm, so expert data that
+arrives is never lost, and served when the algorithm declares it). One ReplayBatch takes each declared table's share
+of `sample_items` items, (T, K * B, ...) per table side by side; with one table its arrays keep their names, with
+several each is prefixed "<table>/". The wire's `table` field names what it holds ("trajectories" for onpolicy).
+Backpressure, end to end: replay takes a Trajectory off the socket only while the FIFO has room, and a simulator
+sends only against replay's credits, so a slow learner makes simulators wait instead of growing any queue.
+Trajectory items older than the newest params by more than `max_staleness_versions` (onpolicy), or older than the
+learner's `min_data_version` (a warm start's params are version 1: data acted with version 0 came from a random
+policy), are masked out (valid=False) and counted (dropped{what="stale_item"|"before_warm_start"}). Trajectories
+of an algorithm that keeps none (BC) are consumed and counted (dropped{what="unused_trajectory"}), so the
+simulators keep running.
 Links: binds trajectories and expert (ROUTER consumers); connects to replay_samples (learner) and params.
 """
 
@@ -22,18 +22,19 @@ import dataclasses
 import logging
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
 from services.common import runtime
 from services.replay import config as config_lib
-from shared.algos import registry
-from shared.replay import buffers
+from shared.algos import api, registry
+from shared.replay import tables as tables_lib
 from shared.wire import arena as arena_lib
 from shared.wire import codec, flow
 
 log = logging.getLogger(__name__)
-VERSION_KEY = "params_version"
+VERSION_KEY = tables_lib.VERSION_KEY
+WIRE_NAME = {"onpolicy": "trajectories", "offpolicy": "offpolicy", "expert": "expert"}
+TRAJECTORY_TABLES = ("onpolicy", "offpolicy")
 
 
 @dataclasses.dataclass
@@ -45,13 +46,6 @@ class Links:
   samples: Any
   params: Any
   expert: Any = None
-
-
-def to_item(msg: codec.Message) -> dict[str, np.ndarray]:
-  """Trajectory -> one queue item with a leading axis of 1."""
-  item = {k: np.asarray(v)[None] for k, v in msg.arrays.items()}
-  item[VERSION_KEY] = np.asarray([msg.fields["params_version"]], np.int32)
-  return item
 
 
 def to_batch_arrays(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,30 +63,18 @@ def to_batch_arrays(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class Replay:
-  """Thin shell around shared.replay.FifoQueue."""
+  """Thin shell around the algorithm's shared.replay.tables."""
 
   def __init__(self, cfg: config_lib.ReplayConfig, rt: runtime.Runtime, links: Links):
     self.cfg, self.rt, self.links = cfg, rt, links
-    self.table = buffers.FifoQueue(cfg.capacity, cfg.sample_items)
-    self.state: buffers.BufferState | None = None
-    self.shapes: dict | None = None
-    self._insert = jax.jit(self.table.insert, donate_argnums=0)
-    self._sample = jax.jit(self.table.sample, donate_argnums=0)
-    self.newest_version = 0
-    self.inserted = 0
-    self.rejected = 0
-    self.stale = 0
-    self.before_warm_start = 0
-    self.sent = 0
-    self.size = 0  # items in the table, as a plain int other threads may read
-    self.expert_table = buffers.UniformBuffer(cfg.expert_capacity, cfg.sample_items)
-    self.expert_state: buffers.BufferState | None = None
-    self.expert_shapes: dict | None = None
-    self.expert_inserted = 0
-    self._expert_insert = jax.jit(self.expert_table.insert, donate_argnums=0)
-    self._expert_sample = jax.jit(self.expert_table.sample, donate_argnums=0)
-    self.imitation = registry.get(rt.common.algo).tables == ("expert",)
-    self.min_data_version = 0  # the learner's floor (a warm start's version): older data is masked
+    draws = registry.get(rt.common.algo).replay
+    self.sampler = tables_lib.Sampler(draws, cfg.sample_items)
+    kept = tuple(draws) + (() if "expert" in self.sampler.counts else (api.Draw("expert"),))
+    self.tables = tables_lib.make_tables(kept, cfg.capacity, cfg.expert_capacity)
+    self.fifo = self.tables.get("onpolicy")
+    self.newest_version, self.min_data_version = 0, 0  # the learner's newest params and its floor (warm start)
+    self.inserted = self.rejected = self.stale = self.before_warm_start = self.sent = self.expert_inserted = 0
+    self.size = 0  # items in the trajectory tables, as a plain int other threads may read
 
   def _poll_params(self) -> None:
     msg = self.links.params.poll(0.0)
@@ -101,41 +83,19 @@ class Replay:
       self.min_data_version = int(msg.fields.get("min_data_version", 0))
       self.rt.metrics.params_version.set(self.newest_version)
 
-  def _insert_one(self, msg: codec.Message) -> None:
-    item = to_item(msg)
-    shapes = {k: (v.shape, v.dtype.str) for k, v in item.items()}
-    if self.state is None:
-      self.shapes = shapes
-      self.state = self.table.init(jax.tree.map(lambda a: a[0], item), jax.random.PRNGKey(0))
-    if shapes != self.shapes:  # a producer with other caps: say so once per message, keep serving
+  def _insert(self, names: Sequence[str], msg: codec.Message, item: dict) -> bool:
+    """`item` into every table of `names`, or into none when it does not fit them (said once per message)."""
+    if not all(self.tables[n].accepts(item) for n in names):
       self.rejected += 1
       self.rt.metrics.decode_error("item_shape")
       log.warning("event=reject reason=item_shape producer=%s", msg.producer)
-      return
-    self.state = self._insert(self.state, item)
-    self.inserted += 1
-
-  def _receive_expert(self) -> None:
-    msg = self.links.expert.recv(0.0) if self.links.expert is not None else None
-    if msg is None:
-      return
-    if msg.schema != "ExpertTrajectories":
-      self.rt.metrics.decode_error("wrong_schema")
-      return
-    item = {k: np.asarray(v)[None] for k, v in msg.arrays.items()}
-    shapes = {k: (v.shape, v.dtype.str) for k, v in item.items()}
-    if self.expert_state is None:
-      self.expert_shapes = shapes
-      self.expert_state = self.expert_table.init(jax.tree.map(lambda a: a[0], item), jax.random.PRNGKey(1))
-    if shapes != self.expert_shapes:
-      self.rt.metrics.decode_error("item_shape")
-      return
-    self.expert_state = self._expert_insert(self.expert_state, item)
-    self.expert_inserted += 1
-    self.rt.metrics.queue_depth.labels(queue="expert").set(self.expert_table.size(self.expert_state))
+      return False
+    for n in names:
+      self.tables[n].insert(item)
+    return True
 
   def _receive(self) -> None:
-    if self.state is not None and not self.table.can_insert(self.state, 1):
+    if self.fifo is not None and not self.fifo.can_insert():
       # Full: hold the credit back so the simulators wait, and block (briefly) on what frees room, the learner's
       # next credit, rather than spin: a spinning replay took most of a core from the learner (bench stack).
       self.links.samples.wait_credit(0.02)
@@ -146,63 +106,69 @@ class Replay:
     if msg.schema != "Trajectory":
       self.rt.metrics.decode_error("wrong_schema")
       return
-    with self.rt.metrics.time("insert"):
-      self._insert_one(msg)
-
-  def _send_expert_sample(self) -> None:
-    """BC: uniform draws from the expert table; the Trajectory table is drained unused (counted)."""
-    if self.state is not None and self.table.can_sample(self.state) and not self.table.can_insert(self.state, 1):
-      self.state, _ = self._sample(self.state)
-      self.rt.dropped.labels(what="unused_trajectory").inc(self.cfg.sample_items)
-    if (self.expert_state is None or not self.expert_table.can_sample(self.expert_state)
-        or not self.links.samples.wait_credit(0.0)):
+    names = [n for n in TRAJECTORY_TABLES if n in self.tables]
+    if not names:  # the algorithm learns from no Trajectory
+      self.rt.dropped.labels(what="unused_trajectory").inc()
       return
-    with self.rt.metrics.time("sample"):
-      self.expert_state, sample = self._expert_sample(self.expert_state)
-      arrays = to_batch_arrays(jax.tree.map(np.asarray, sample))
-    ok = self.links.samples.send_fields("ReplayBatch", arrays=arrays, timeout_s=0.0, table="expert")
-    self.sent += int(ok)
-    if not ok:
-      self.rt.dropped.labels(what="sampled_item_unsent").inc(self.cfg.sample_items)
+    with self.rt.metrics.time("insert"):
+      item = dict(msg.arrays, **{VERSION_KEY: np.int32(msg.fields["params_version"])})
+      self.inserted += int(self._insert(names, msg, item))
+
+  def _receive_expert(self) -> None:
+    msg = self.links.expert.recv(0.0) if self.links.expert is not None else None
+    if msg is None:
+      return
+    if msg.schema != "ExpertTrajectories":
+      self.rt.metrics.decode_error("wrong_schema")
+      return
+    self.expert_inserted += int(self._insert(["expert"], msg, dict(msg.arrays)))
+
+  def _mask_old(self, name: str, arrays: dict, versions: np.ndarray) -> None:
+    """valid = False (in place when the batch is one arena) for items acted before the warm start or too stale."""
+    early = versions < self.min_data_version  # acted before a warm start's params arrived (random version 0)
+    fresh = ~early
+    if name == "onpolicy":
+      fresh &= versions >= self.newest_version - self.cfg.max_staleness_versions
+    if fresh.all():
+      return
+    self.stale += int((~fresh & ~early).sum())
+    self.rt.dropped.labels(what="stale_item").inc(int((~fresh & ~early).sum()))
+    self.rt.dropped.labels(what="before_warm_start").inc(int(early.sum()))
+    self.before_warm_start += int(early.sum())
+    mask = np.repeat(fresh, arrays["valid"].shape[1] // len(fresh))[None, :]
+    if type(arrays["valid"].base) is arena_lib.ArenaBuffer:  # K > 1: in place keeps the batch one frame
+      np.logical_and(arrays["valid"], mask, out=arrays["valid"])
+    else:  # K = 1: a view of the sampled copy
+      arrays["valid"] = arrays["valid"] & mask
 
   def _send_sample(self) -> None:
-    if self.imitation:
-      self._send_expert_sample()
+    if not self.sampler.ready(self.tables) or not self.links.samples.wait_credit(0.0):
       return
-    if self.state is None or not self.table.can_sample(self.state) or not self.links.samples.wait_credit(0.0):
-      return
+    fields, out, oldest = {}, {}, None
     with self.rt.metrics.time("sample"):
-      self.state, sample = self._sample(self.state)
-      sample = jax.tree.map(np.asarray, sample)
-      versions = sample[VERSION_KEY]
-      arrays = to_batch_arrays(sample)
-    early = versions < self.min_data_version  # acted before a warm start's params arrived (random version 0)
-    fresh = (versions >= self.newest_version - self.cfg.max_staleness_versions) & ~early
-    if not fresh.all():
-      self.stale += int((~fresh & ~early).sum())
-      self.rt.dropped.labels(what="stale_item").inc(int((~fresh & ~early).sum()))
-      self.rt.dropped.labels(what="before_warm_start").inc(int(early.sum()))
-      self.before_warm_start += int(early.sum())
-      b = arrays["valid"].shape[1] // len(fresh)
-      mask = np.repeat(fresh, b)[None, :]
-      if type(arrays["valid"].base) is arena_lib.ArenaBuffer:  # K > 1: in place keeps the batch one frame
-        np.logical_and(arrays["valid"], mask, out=arrays["valid"])
-      else:  # K = 1: a view of the sampled buffer, not ours to write
-        arrays["valid"] = arrays["valid"] & mask
-    ok = self.links.samples.send_fields("ReplayBatch", arrays=arrays, timeout_s=0.0, table="trajectories",
-                                        params_version=int(versions.min()),
-                                        staleness_versions=int(self.newest_version - versions.min()))
+      parts = self.sampler.sample(self.tables)
+      for name, part in parts.items():
+        arrays = to_batch_arrays(part)
+        if name in TRAJECTORY_TABLES:
+          self._mask_old(name, arrays, part[VERSION_KEY])
+          oldest = int(part[VERSION_KEY].min()) if oldest is None else min(oldest, int(part[VERSION_KEY].min()))
+        out.update(arrays if len(parts) == 1 else {f"{name}/{k}": v for k, v in arrays.items()})
+    if oldest is not None:
+      fields = {"params_version": oldest, "staleness_versions": int(self.newest_version - oldest)}
+    table = "+".join(WIRE_NAME[n] for n in parts)
+    ok = self.links.samples.send_fields("ReplayBatch", arrays=out, timeout_s=0.0, table=table, **fields)
     self.sent += int(ok)
     if not ok:  # the learner vanished between the credit and the send: those items are gone, say so
-      self.rt.dropped.labels(what="sampled_item_unsent").inc(len(fresh))
+      self.rt.dropped.labels(what="sampled_item_unsent").inc(sum(self.sampler.counts.values()))
 
   def run_once(self) -> None:
     self._poll_params()
     self._receive()
     self._receive_expert()
     self._send_sample()
-    self.size = 0 if self.state is None else self.table.size(self.state)
-    self.rt.metrics.queue_depth.labels(queue="trajectories").set(self.size)
+    self.size = sum(self.tables[n].size for n in TRAJECTORY_TABLES if n in self.tables)
+    for name, table in self.tables.items():
+      self.rt.metrics.queue_depth.labels(queue=WIRE_NAME[name]).set(table.size)
     self.rt.heartbeat(inserted=self.inserted, sent=self.sent, size=self.size, stale=self.stale,
                       before_warm_start=self.before_warm_start)
 

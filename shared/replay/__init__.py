@@ -1,4 +1,4 @@
-"""Pure replay buffers: FIFO for on-policy data, uniform for off-policy data and expert tables."""
+"""Replay tables, host-side numpy: FIFO for on-policy data, uniform rings for off-policy data and expert tables."""
 
-from shared.replay import buffers
-from shared.replay.buffers import BufferState, FifoQueue, UniformBuffer
+from shared.replay import tables
+from shared.replay.tables import Fifo, Ring, Sampler, Table, make_tables

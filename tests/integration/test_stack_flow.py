@@ -148,7 +148,7 @@ def test_data_flows_and_params_versions_reach_simulators(stack):
   # expert_max_controlled cap; not the 16 object slots).
   replay = stack.svcs["replay"]
   wait_for(lambda: replay.expert_inserted >= 1, 30, "an expert trajectory in replay")
-  assert replay.expert_shapes["action"][0] == (1, 80, 8)
+  assert replay.tables["expert"].shapes["action"][0] == (80, 8)
 
 
 def test_stalled_learner_bounds_every_queue(stack):
@@ -246,8 +246,7 @@ def test_bc_learns_the_expert_actions_the_loader_replayed(stack):
   """--algo bc's data path: the loader's ExpertTrajectories (in replay's expert table) -> ReplayBatch -> BC update.
   The loader stopped in the previous test, so the table no longer changes under us."""
   replay = stack.svcs["replay"]
-  _, sample = replay.expert_table.sample(replay.expert_state)
-  arrays = replay_service.to_batch_arrays(jax.tree.map(np.asarray, sample))
+  arrays = replay_service.to_batch_arrays(replay.tables["expert"].take(2))
   msg = schemas.make("ReplayBatch", "replay", 0, arrays=arrays, table="expert")  # what replay sends under bc
   assert msg.arrays["obs/flat"].shape[:2] == (80, 2 * 8) and msg.arrays["valid"].mean() > 0.1  # 2 samples x 8 rows
   pn = policy_net.from_common(stack.common)
