@@ -23,11 +23,15 @@ import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 INFRA = HERE.parent
+sys.path.insert(0, str(INFRA.parent))  # the repository: its wire registry names the ports
+
+from shared.wire import registry  # noqa: E402
+
 BASE = HERE / "base"
 IMAGE = "drivelab"  # kustomize `images:` sets the tag (base: cpu, overlays/gpu: cuda)
 UID = 10001  # the image's numeric non-root user
 METRICS_PORT = 9100
-WIRE_PORTS = tuple(range(5550, 5560))  # shared/wire/registry.py LINKS ports, plus room for the act backend
+WIRE_PORTS = tuple(sorted(link.port for link in registry.LINKS.values()))
 
 # name -> (replicas, binds, cpu request, memory request, memory limit)
 SERVICES = {

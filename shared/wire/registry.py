@@ -52,7 +52,6 @@ LINKS: dict[str, Link] = {lk.name: lk for lk in (
     Link("replay_samples", ("ReplayBatch",), "credit", "learner", ("replay",), 5555),
     Link("params", ("Params",), "pubsub", "learner", ("inference", "simulator", "evaluator", "replay"), 5556,
          producer_binds=True),
-    Link("control", ("Control", "Heartbeat"), "pubsub", "learner", ("*",), 5557, producer_binds=True),
     Link("eval", ("EvalReport",), "credit", "learner", ("evaluator",), 5558),
 )}
 

@@ -21,7 +21,7 @@ Shapes (B = batch, T = time, O/P/L = scene caps, D... = any trailing feature dim
   Params               any "/"-joined path of the param tree, float arrays        field params_version (and
                                                                                   min_data_version: replay masks
                                                                                   data of older versions)
-  Heartbeat, Control, EvalReport: fields only (EvalReport may add arrays).
+  Heartbeat, EvalReport: fields only (EvalReport may add arrays).
 """
 
 from __future__ import annotations
@@ -122,8 +122,6 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
             FieldSpec("algo", "str", required=False), FieldSpec("min_data_version", "int", required=False))),
     Schema("Heartbeat", 1, (), (FieldSpec("component", "str"), FieldSpec("status", "str"),
                                 FieldSpec("time_s", "float"), FieldSpec("uptime_s", "float", required=False))),
-    Schema("Control", 1, (), (FieldSpec("command", "str"), FieldSpec("control_version", "int"),
-                              FieldSpec("args", "dict", required=False))),
     Schema("EvalReport", 1, (ArraySpec("*", ANY, None, required=False),),
            (FieldSpec("params_version", "int"), FieldSpec("split", "str"), FieldSpec("metrics", "dict"),
             FieldSpec("num_scenes", "int", required=False))),

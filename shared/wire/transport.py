@@ -125,7 +125,7 @@ class Client:
 
 
 class ParamsPublisher:
-  """PUB that binds and publishes versioned Params (or Control); a small SNDHWM because only the newest matters."""
+  """PUB that binds and publishes versioned Params; a small SNDHWM because only the newest matters."""
 
   def __init__(self, ctx: zmq.Context, endpoint: str, metrics: Any = None, sndhwm: int = 4,
                curve: "CurveKeys | None" = None):
