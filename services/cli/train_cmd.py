@@ -6,7 +6,7 @@ latest held-out evaluation, and writes into --run-dir:
   metrics_history.jsonl          one line per iteration: phase, iteration, agent_steps, wall_s, losses, rates;
                                  every --eval-every iterations also a line with kind "eval": greedy held-out
                                  evaluation (done signals off) as eval/goal_reached, eval/collision, eval/offroad, ...
-  checkpoints/<phase>/ckpt_<version>/  atomic orbax checkpoints (services.learner.checkpoint), the last 3 kept
+  checkpoints/<phase>/ckpt_<version>/  atomic orbax checkpoints (shared.training.checkpoint), the last 3 kept
   policy.json                    how to rebuild the agent (net, preset, grid, agents) for `load_policy`
   evaluations/, report/          greedy evaluation (done signals off) of the final params and the log, and the report
 A rerun with the same --run-dir resumes from the newest checkpoint (same scenes and flags: exactly where it stopped).
@@ -135,7 +135,7 @@ def evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, run
 
 def load_policy(run_dir: str):
   """(agent, params, policy.json dict) from a training run's newest checkpoint (PPO if any, else BC)."""
-  from services.learner import checkpoint
+  from shared.training import checkpoint
 
   with open(os.path.join(run_dir, "policy.json")) as f:
     meta = json.load(f)

@@ -85,7 +85,7 @@ def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int
 
   import jax
 
-  from services.learner import checkpoint
+  from shared.training import checkpoint
   from shared.algos import fused
 
   ckpt_dir = os.path.join(run_dir, "checkpoints", cfg.algo)

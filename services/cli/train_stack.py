@@ -68,7 +68,7 @@ def _phase_env(args: argparse.Namespace, algo: str) -> tuple[tuple[str, str], ..
 
 def _learned_before(run_dir: str, algo: str) -> int:
   """Agent steps the phase's newest checkpoint had learned from (0 without one)."""
-  from services.learner import checkpoint
+  from shared.training import checkpoint
 
   found = checkpoint.list_checkpoints(os.path.join(run_dir, "checkpoints", algo))
   return int(checkpoint.read_extra(found[-1][1]).get("samples", 0)) if found else 0

@@ -6,7 +6,7 @@ own. PPO takes V-trace targets by default (the simulators act with params that l
 scene loaders' logged expert actions from replay's expert table.
 Versions: version 0 is the params every process computes on its own (`PolicyNet.init_flat`); every update publishes
 version + 1, flattened to "/"-joined keys, and params are re-published every `publish_interval_s` (the newest
-version wins). Checkpoints (services.learner.checkpoint) hold {"train": state} under run_dir/checkpoints/<algo>,
+version wins). Checkpoints (shared.training.checkpoint) hold {"train": state} under run_dir/checkpoints/<algo>,
 every `checkpoint_every` updates and at shutdown; a restart resumes from the newest, bit for bit.
 run_dir/policy.json says how to rebuild the network (what `drivelab eval` reads).
 Fine-tuning: `--init-from DIR` (a BC run) starts from that checkpoint's params as version 1, published with
@@ -34,7 +34,7 @@ import prometheus_client
 from services.common import runtime
 from shared.acting import policy_net
 from services.learner import algo as algo_lib
-from services.learner import checkpoint
+from shared.training import checkpoint
 from services.learner import config as config_lib
 from shared.wire import codec, schemas, transport
 

@@ -26,7 +26,7 @@ def _train(run_dir: pathlib.Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow  # two stack runs (~1 min each on 2 cores, with compiles) and an evaluation
 def test_train_stack_bc_then_ppo_from_the_bc_checkpoint(tmp_path):
-  from services.learner import checkpoint
+  from shared.training import checkpoint
 
   run = tmp_path / "run"
   first = _train(run)

@@ -17,7 +17,7 @@ import pytest
 from services.common import runtime
 from shared.acting import policy_net
 from services.learner import algo as algo_lib
-from services.learner import checkpoint
+from shared.training import checkpoint
 from services.learner import config as config_lib
 from services.learner import service as learner_service
 from shared.acting import engine as engine_lib

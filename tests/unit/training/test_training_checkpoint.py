@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from services.learner import checkpoint
+from shared.training import checkpoint
 from shared.algos import agent as agent_lib
 from shared.algos import bc_update, training
 from shared.nets import actor_critic, inputs, mlp
@@ -110,7 +110,7 @@ def test_keeps_last_n_and_ignores_partial_directories(setup, tmp_path):
 
 KILLED_WRITER = """
 import sys, numpy as np
-from services.learner import checkpoint
+from shared.training import checkpoint
 for v in range(1, 1000):  # 4 MB per version: ~0.1 s of writing
   checkpoint.save(sys.argv[1], {"w": np.full((1 << 20,), v, np.float32), "v": np.asarray(v)}, v, {"v": v}, keep=2)
   print(v, flush=True)
