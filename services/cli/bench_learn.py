@@ -111,41 +111,29 @@ def _train(agent, cfg, scenes, iters: int | None, seed: int, params, curve: list
   training rows to `curve`; returns params. `on_eval(params, steps, wall)` runs every `eval_every` iterations, or
   each time another `eval_every_steps` agent steps are done, and at the end. `reference`: the frozen policy of a
   KL-to-reference PPO loss (ref_kl_coef > 0)."""
-  import jax
+  from services.cli import progress
+  from shared.training import driver
 
-  from shared.algos import fused
-
-  carry = fused.init_carry(agent, cfg, scenes, jax.random.PRNGKey(seed), params, reference)
-  step_fn = fused.make_train_iteration(agent, cfg)
-  t0 = time.perf_counter()
-  clock = {}
-
-  def on_iteration(carry, m, steps, wall):
-    it = int(carry.iteration)
-    if it == 1:  # the first iteration compiles; budgets and reported wall times start after it
-      clock.update(compile_s=round(time.perf_counter() - t0, 1), start=time.perf_counter())
-    wall = time.perf_counter() - clock["start"]
-    curve.append({"phase": phase, "iteration": it, "agent_steps": steps, "wall_s": round(wall, 2),
+  def on_iteration(it, steps, m, clock):
+    curve.append({"phase": phase, "iteration": it, "agent_steps": steps, "wall_s": round(clock.train_s, 2),
                   **{k: round(m[k], 4) for k in ("goal_rate", "collision_rate", "offroad_rate", "loss", "ref_kl")
                      if k in m},
                   **({"accuracy": round(m["accuracy"], 4)} if "accuracy" in m else {})})
-    over = (budget_s is not None and wall >= budget_s) or (total_steps is not None and steps >= total_steps)
-    due, clock["step_block"] = eval_due(it, steps, clock.get("step_block", 0), eval_every, eval_every_steps)
-    if on_eval is not None and (eval_every or eval_every_steps) and (due or over or it == iters):
-      t_eval = time.perf_counter()
-      keep_going = on_eval(carry.train.params, steps, wall)
-      clock["start"] += time.perf_counter() - t_eval  # evaluation (and its compile) is not training time
-      if keep_going is False:
-        return False
-    return not over
 
-  from services.cli import progress
+  blocks = {"last": 0}
 
-  total = 10**12 if total_steps is None else total_steps
-  with progress.training_bar(total) as bar:
-    carry, steps = fused.run(step_fn, carry, total, on_iteration, bar, max_iterations=iters)
-  train_wall = time.perf_counter() - clock.get("start", t0)
-  return jax.device_get(carry.train.params), steps, train_wall, clock.get("compile_s")
+  def eval_due_now(it, steps):
+    due, blocks["last"] = eval_due(it, steps, blocks["last"], eval_every, eval_every_steps)
+    return due
+
+  evaluating = on_eval is not None and bool(eval_every or eval_every_steps)
+  with progress.training_bar(10**12 if total_steps is None else total_steps) as bar:
+    hooks = driver.Hooks(on_iteration=on_iteration, eval_due=eval_due_now, progress=bar,
+                         on_eval=(lambda p, it, steps, clock: on_eval(p, steps, clock.train_s)) if evaluating else None)
+    out = driver.train(agent, cfg, scenes, seed, driver.Budget(agent_steps=total_steps, iterations=iters,
+                                                               seconds=budget_s), hooks, params, reference)
+  compile_s = None if out.compile_s is None else round(out.compile_s, 1)
+  return out.params, out.agent_steps, out.train_s, compile_s
 
 
 def synthetic_scenes(s: dict, seed: int):
