@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MOVING_SPEED_MPS = 1.0
 END_RADIUS_M = 2.0
-# Waymax on the same 10 scenes (DESIGN.md, "Reference figures"), for the report.
+# Waymax on the same 10 scenes (its published reference figures), for the report.
 WAYMAX_REFERENCE = {
     "continuous": {"moving": {"ade_m": 2.9, "end_within_2m": 0.47}, "all": {"ade_m": 1.18, "end_within_2m": 0.79}},
     "grid": {"moving": {"ade_m": 0.23, "end_within_2m": 0.89}, "all": {"ade_m": 0.09, "end_within_2m": 0.96}},

@@ -1,4 +1,4 @@
-"""`drivelab train --algo ppo|bc [--pretrain bc] --scenes DIR|synthetic --steps N`: the fused single-process trainer.
+"""`drivelab train --algo NAME [--pretrain bc] --scenes SPEC --steps N`: the fused single-process trainer.
 
 Runs shared.algos.fused (policy inside the jitted rollout, the learner's own update step; the loop is
 services/cli/train_loop.py) with a progress bar showing agent steps, steps/s, the training rollouts' rates and the

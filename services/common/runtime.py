@@ -46,7 +46,8 @@ class CommonConfig:
     port_offset: added to every link's registry port, so stacks can share a host [DRIVELAB_PORT_OFFSET].
     scenes: "synthetic" or a folder of scene files [DRIVELAB_SCENES].
     run_dir: where checkpoints and reports go [DRIVELAB_RUN_DIR].
-    algo: the learner's algorithm, "ppo" or "bc" (replay serves expert data for "bc") [DRIVELAB_ALGO].
+    algo: the learner's algorithm, a name in shared.algos.registry (replay keeps the tables it declares)
+      [DRIVELAB_ALGO].
     net, preset: the policy network every process builds (shared.acting.policy_net: net "mlp" or "perceiver",
       preset "tiny", "small", "base" or "large") [DRIVELAB_NET, DRIVELAB_NET_PRESET].
     params_seed: seed of the version-0 params, which every process computes identically [DRIVELAB_PARAMS_SEED].

@@ -56,7 +56,8 @@ class StackConfig:
       moot after a successful warm-up.
     warmup: before starting anything (and the duration clock), run `python -m services.stack.warmup` once so the
       simulator's compiles are in JAX's persistent cache.
-    algo: the learner's algorithm, "ppo" or "bc" (bc also turns on the scene loaders' expert trajectories);
+    algo: the learner's algorithm, a registry name (one that samples replay's expert table, such as bc, also
+      turns on the scene loaders' expert trajectories);
       "" = DRIVELAB_ALGO from the environment, else the services' default (ppo).
     net, preset: the policy network every process builds (shared.acting.policy_net); "" = DRIVELAB_NET /
       DRIVELAB_NET_PRESET from the environment, else the default (mlp, small).

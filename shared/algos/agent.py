@@ -1,4 +1,4 @@
-"""The policy bundle for acting (STYLE.md 6): one network over the factorised discrete action grid.
+"""The policy bundle for acting: one network over the factorised discrete action grid.
 
   agent = make_agent(net_cfg, grid_cfg)
   params = agent.init(rng, obs_example)                        # obs: the simulator's Observation or a NetInput

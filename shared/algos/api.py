@@ -11,7 +11,7 @@
 Who drives the fused collect loop is `acting`: "policy" (the bundle's params, sampled) or "expert" (the log's grid
 expert; its actions are the labels). What replay keeps and serves is `replay`: the tables and the share of each in
 one sample (shared.replay.tables). The fused trainer (shared.algos.fused), the learner service, `drivelab train`
-and the benchmarks all reach an algorithm through this interface; none of them names one.
+and the benchmarks all reach an algorithm through this interface, by its registry name; none branches on it.
 
 Shapes: `collected` is time-major (T, B, M, ...) with observations (T + 1, ...); ReplayBatch arrays are
 (T, B, ...) with flat features "obs/flat" (T, B, F) (see the module of each bundle).

@@ -5,7 +5,7 @@ Shapes: every array is time-major, (T, ...) with any trailing batch axes. `v_tm1
 array) lets a caller bootstrap a time-limit truncation inside a sequence from the value of the episode's final
 observation instead of the value of the state the environment was reset to.
 
-Conventions (ALGORITHMS.md): `discount_t = gamma * (1 - terminated_t)`, so a termination cuts the bootstrap while a
+Conventions: `discount_t = gamma * (1 - terminated_t)`, so a termination cuts the bootstrap while a
 truncation keeps it. The trace parameter may vary per step: `lambda_t = lambda * (1 - episode_end_t)` stops the
 recursion at any episode boundary (termination or truncation) so no advantage leaks across a reset.
 

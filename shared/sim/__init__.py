@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 
 _MODULES = ("actions", "control", "datatypes", "dynamics", "env", "episode", "geometry", "inverse", "log_path",
-            "metrics", "observations", "prefetch", "rewards", "rollout")
+            "metrics", "observations", "prefetch", "rewards", "road_index", "rollout")
 
 
 def __getattr__(name: str):

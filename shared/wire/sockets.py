@@ -2,12 +2,12 @@
 gap tracking. The request/reply and params classes built on these live in `transport` (which re-exports all
 of this module's public names).
 
-Rules (DESIGN.md "Facts measured"): one context per process created AFTER fork (`new_context()`); every socket gets
+Rules: one context per process created AFTER fork (`new_context()`); every socket gets
 LINGER, HWMs, ZMTP heartbeats (500 ms / 1500 ms) and MAXMSGSIZE; ROUTERs get ROUTER_MANDATORY so replies to a
 vanished peer fail loudly; every receive takes a timeout and never blocks forever; every message carries
 (producer, epoch, seq) and receivers count gaps with `SequenceTracker`.
 
-Per-frame costs matter for small messages (DESIGN.md: ~65k msgs/s one way is the Python ceiling), so the hot
+Per-frame costs matter for small messages (~65k msgs/s one way is the Python ceiling), so the hot
 paths use plain-int flags, check readiness with ZMQ_EVENTS before paying for a poll, and follow `Frame.more`
 rather than a getsockopt(RCVMORE) per frame.
 """

@@ -95,7 +95,7 @@ def test_grid_expert_tracks_the_log(synth):
   grid = jax.tree.map(np.asarray, evaluation.evaluate("expert-grid", None, synth, ENV, jax.random.PRNGKey(0)))
   pa = grid.per_agent
   assert pa.evaluated.sum() == 16
-  # Measured: moving ADE ~0.1 m, progress ~1.0 (DESIGN.md: Waymax's grid expert 0.23 m).
+  # Measured: moving ADE ~0.1 m, progress ~1.0 (Waymax's grid expert on these scenes: 0.23 m).
   assert float(np.mean(pa.ade_m[pa.moving])) < 0.5
   assert np.mean(pa.progress_ratio[pa.progress_valid]) == pytest.approx(1.0, abs=0.05)
 
@@ -198,7 +198,7 @@ def test_expert_row_on_real_scenes(real_scene_dir):
   off_ref = np.stack([r[1] for r in ref])
   assert np.array_equal(np.stack([r[2] for r in ref]), ev)
   # Measured by the numpy reference: log collisions 1 of 234 vehicles (0.4%), off-road 95 of 234 (40.6%; moving:
-  # 1 of 85, 1.2%), the figures DESIGN.md reports from Waymax. The simulator's metrics must find the same vehicles.
+  # 1 of 85, 1.2%), the figures Waymax gives on these scenes. The simulator's metrics must find the same vehicles.
   assert (int(coll_ref.sum()), int(off_ref.sum()), int((off_ref & pa["moving"]).sum())) == (1, 95, 1)
   assert int(coll_ref.sum()) == int(pa["collision"].sum())
   assert np.array_equal(pa["collision"], coll_ref)

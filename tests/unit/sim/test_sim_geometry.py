@@ -1,6 +1,6 @@
 """Geometry: boxes, separating-axis gaps, exact box distances, road-edge signed distance, road candidates, log-path
 projection. Hand-computed numbers, plus the candidate search and off-road sign checked against brute force and the
-DESIGN.md reference rates on the real scenes."""
+Waymax's reference rates on the real scenes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Inverse dynamics: exact recovery on a model-generated track, gap masks, and open-loop replay of the 10 real scenes.
 
-Reference to beat on the real scenes (Waymax's bicycle inverse dynamics, open loop, DESIGN.md): moving vehicles
+Reference to beat on the real scenes (Waymax's bicycle inverse dynamics, open loop): moving vehicles
 ADE 2.9 m and 47% ending within 2 m; all vehicles 1.18 m and 79%. Ours measured 0.0027 m (all 165 vehicles valid
 over t=10..90, error averaged over the 80 simulated steps) and 0.0056 m (67 moving), 100% within 2 m; the
 thresholds below leave ~4x headroom. Steering-rate mode (paper 002's 71 x 13 grid): 0.019 m / 0.045 m.

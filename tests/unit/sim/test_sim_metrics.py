@@ -1,5 +1,5 @@
 """Per-step metrics on a hand-built scene (exact numbers), jit vs eager, and log replay on the real scenes against
-the DESIGN.md reference rates (Waymax on the same logs: 0.4% ever overlap, 40.6% ever off-road, moving 1.2%)."""
+the reference rates (Waymax on the same logs: 0.4% ever overlap, 40.6% ever off-road, moving 1.2%)."""
 
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def test_jit_and_eager_agree(scene):
 @pytest.mark.slow
 def test_log_replay_rates_on_real_scenes(real_scene_files):
   """Log replay (state = log) with candidates refreshed every 10 steps, as the env does: every vehicle valid at
-  t=10, simulated t=11..90. Reference (Waymax on these logs, DESIGN.md): 0.4% overlap, 40.6% off-road, 1.2% of
+  t=10, simulated t=11..90. Reference (Waymax on these logs): 0.4% overlap, 40.6% off-road, 1.2% of
   moving vehicles off-road. Measured: 1/234 overlap, 94/234 off-road (40.2%), 1/86 moving off-road."""
   cfg = types.SceneConfig(max_objects=128, max_road_points=20000)
   mcfg = metrics.MetricsConfig()
