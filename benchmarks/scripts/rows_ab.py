@@ -11,7 +11,8 @@ from services.cli import bench_learn as bl, train_cmd
 from shared import evaluation
 from shared.algos import fused, rows as rows_lib
 from shared.scenes import types
-s = bl.settings(True)
+from shared.training import recipes
+s = recipes.settings(True)
 max_objects = int(sys.argv[1]) if len(sys.argv) > 1 else 64
 caps = types.SceneConfig(max_objects=max_objects, max_road_points=3000)
 scenes, metas, _ = train_cmd.load_scenes(bl.os.path.normpath(bl.REAL_DIR), None, 0, caps)
@@ -20,7 +21,7 @@ env_cfg = train_cmd.train_env_config("sdc")
 orig = rows_lib.num_rows
 res = {}
 for algo in ("ppo", "bc"):
-  cfg = train_cmd.fused_config(bl._args(s, "sdc", lr=1e-4, scenes_per_iter=4), algo, env_cfg)
+  cfg = recipes.bench_config(s, algo, env_cfg, 1e-4, 4)
   fns = {}
   for mode in ("rows", "all_slots"):
     rows_lib.num_rows = orig if mode == "rows" else (lambda cm, mc, o: o)

@@ -26,6 +26,7 @@ import platform
 import time
 
 from services.cli import learn_report, provenance, train_cmd
+from shared.training import recipes
 
 RESULTS_DIR = os.path.join("benchmarks", "results")
 REAL_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "gpudrive_womd")
@@ -47,44 +48,9 @@ def register(subparsers) -> None:
   p.set_defaults(func=cmd_learn)
 
 
-def settings(quick: bool) -> dict:
-  """The benchmark's recipe (also `make run`'s training phase, services/cli/demo_train.py)."""
-  if quick:
-    return dict(num_timesteps=41, synth_scenes=48, synth_vehicles=(4, 10), max_objects=16, synth_budget_s=600,
-                held_out_fraction=0.25, eval_every=60, scenes_per_iter=4, bc_iters=300, lr_ppo=1e-3,
-                lr_bc=2e-3, lr_finetune=5.6e-5, net="tiny", ppo_agent_steps=240_000, select_every_steps=24_000,
-                bc_dagger=0.5, bc_dagger_ramp=100, bc_lr_decay=True, bc_agents="moving", ppo_agents=None,
-                real_road_points=3000)
-  return dict(num_timesteps=91, synth_scenes=64, synth_vehicles=(10, 28), max_objects=32, synth_budget_s=3600,
-              held_out_fraction=0.25, eval_every=50, scenes_per_iter=8, bc_iters=1000, lr_ppo=3e-4,
-              lr_bc=2e-3, lr_finetune=5.6e-5, net="small", ppo_agent_steps=4_000_000, select_every_steps=200_000,
-              bc_dagger=0.5, bc_dagger_ramp=300, bc_lr_decay=True, bc_agents="moving", ppo_agents=None,
-              real_road_points=3000)
-
-
-# Paper 002's RL fine-tuning after BC (appendix E): clip 0.3, entropy 3e-2, lr 5.6e-5 (`lr_finetune`). Its value
-# loss scale (1e-2) goes with its unnormalised returns; ours are O(1) (+-1 events), so the default value_coef stays.
-# ref_kl_coef: KL(pi_BC || pi) on the visited states, the divergence term paper 002's conclusion proposes; measured
-# on the real scenes (one seed each, `/tmp` runs quoted in the stop-8 note): with every moving vehicle controlled,
-# PPO without it fell to a progress ratio of 0.78 (cars slowing down to avoid each other), with 0.2 it kept 1.04.
-FINETUNE_PPO = dict(clip_eps=0.3, entropy_coef=3e-2, ref_kl_coef=0.2)
-
-
 def _agent(s: dict):
   """The quick benchmark's tiny MLP (compiles and steps fast on 2 cores) or the small preset."""
   return train_cmd.make_agent("mlp", s["net"])
-
-
-def _args(s: dict, agents: str, **over) -> argparse.Namespace:
-  base = dict(lr=None, epochs=4, minibatches=2, scenes_per_iter=s["scenes_per_iter"], agents=agents, bc_dagger=0.0,
-              lr_decay_iters=0)
-  base.update(over)
-  return argparse.Namespace(**base)
-
-
-def ppo_config(s: dict, env_cfg):
-  """The synthetic from-scratch PPO configuration of recipe `s`."""
-  return train_cmd.fused_config(_args(s, "all", lr=s["lr_ppo"]), "ppo", env_cfg)
 
 
 def ppo_summary(cfg) -> dict:
@@ -93,15 +59,6 @@ def ppo_summary(cfg) -> dict:
 
 def _evaluate(agent, params, scenes, env_cfg, seed) -> dict:
   return train_cmd.eval_row(agent, params, scenes, env_cfg, seed)
-
-
-def eval_due(it: int, steps: int, block: int, every: int, every_steps: int) -> tuple[bool, int]:
-  """(evaluate now?, block) after iteration `it` (1-based) with `steps` agent steps done: on the first iteration, then
-  every `every` iterations, or whenever the steps enter a new block of `every_steps` (`block`: the last one seen;
-  one iteration may cross several blocks and still evaluates once)."""
-  new_block = steps // every_steps if every_steps else 0
-  due = it == 1 or bool(every and it % every == 1) or bool(every_steps and new_block > block)
-  return due, new_block
 
 
 def _train(agent, cfg, scenes, iters: int | None, seed: int, params, curve: list, phase: str, on_eval=None,
@@ -123,7 +80,7 @@ def _train(agent, cfg, scenes, iters: int | None, seed: int, params, curve: list
   blocks = {"last": 0}
 
   def eval_due_now(it, steps):
-    due, blocks["last"] = eval_due(it, steps, blocks["last"], eval_every, eval_every_steps)
+    due, blocks["last"] = recipes.eval_due(it, steps, blocks["last"], eval_every, eval_every_steps)
     return due
 
   evaluating = on_eval is not None and bool(eval_every or eval_every_steps)
@@ -151,7 +108,7 @@ def synthetic_part(s: dict, seed: int, goal_target: float, max_failure: float) -
   scenes, _, train_idx, held = synthetic_scenes(s, seed)
   agent = _agent(s)
   env_cfg = train_cmd.train_env_config("all")
-  cfg = ppo_config(s, env_cfg)
+  cfg = recipes.synthetic_ppo(s, env_cfg)
   curve, evals, reached = [], [], {}
 
   def on_eval(params, steps, wall):
@@ -239,14 +196,12 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
   # which vehicles each phase trains on (default: the ones scored)
   bc_agents, ppo_agents = s["bc_agents"] or agents, s["ppo_agents"] or agents
   phase_env = lambda who: dc.replace(train_cmd.train_env_config(who, "drive-on"), reward=ppo_env.reward)
-  bc_args = _args(s, bc_agents, lr=s["lr_bc"], scenes_per_iter=n, bc_dagger=s["bc_dagger"],
-                  lr_decay_iters=s["bc_iters"] if s["bc_lr_decay"] else 0)
-  bc_cfg = train_cmd.fused_config(bc_args, "bc", phase_env(bc_agents))
-  bc_cfg = dataclasses.replace(bc_cfg, dagger_ramp_iters=s["bc_dagger_ramp"])
+  bc_cfg = recipes.bench_config(s, "bc", phase_env(bc_agents), s["lr_bc"], n, dagger=s["bc_dagger"],
+                                lr_decay_iters=s["bc_iters"] if s["bc_lr_decay"] else 0,
+                                dagger_ramp_iters=s["bc_dagger_ramp"])
   params, bc_steps, bc_wall, _ = _train(agent, bc_cfg, train_scenes, s["bc_iters"], seed, None, curve, "bc")
   rows["bc"] = dict(split_eval(params), agent_steps=bc_steps, wall_s=round(bc_wall, 1))
-  ppo_cfg = train_cmd.fused_config(_args(s, ppo_agents, lr=s["lr_finetune"], scenes_per_iter=n), "ppo",
-                                   phase_env(ppo_agents), **FINETUNE_PPO)
+  ppo_cfg = recipes.bench_config(s, "ppo", phase_env(ppo_agents), s["lr_finetune"], n, **recipes.FINETUNE_PPO)
   # Checkpoint selection as paper 002 (section 5): evaluated every `select_every_steps` agent steps (paper 002: every
   # 20M), the checkpoint kept
   # is the one with the lowest failure rate, then the highest progress ratio up to 1, on the TRAINING scenes (with
@@ -290,7 +245,7 @@ def real_part(s: dict, seed: int, real_dir: str, agents: str = "sdc", split_seed
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-  s = settings(args.quick)
+  s = recipes.settings(args.quick)
   t0 = time.perf_counter()
   result = {"benchmark": "learn", "quick": args.quick, "settings": s, "machine": platform.platform(),
             "cpu_count": os.cpu_count(), "command": "drivelab bench learn" + (" --quick" if args.quick else "") + (

@@ -18,6 +18,7 @@ import time
 from rich.console import Console
 
 from services.cli import bench_learn, eval_cmd, train_cmd
+from shared.training import recipes
 
 NET, PRESET = "mlp", "tiny"
 NUM_SCENES = 24  # fewer than the benchmark's: generation and the final evaluations stay short in `make run`
@@ -32,7 +33,7 @@ def train_synthetic(out: pathlib.Path, seconds: float, seed: int, console: Conso
   from shared import evaluation
   from shared.scenes import types
 
-  s = dict(bench_learn.settings(quick=True), synth_scenes=num_scenes)
+  s = dict(recipes.settings(quick=True), synth_scenes=num_scenes)
   run_dir = out / "train"
   shutil.rmtree(run_dir, ignore_errors=True)  # each demo trains afresh (its checkpoints would resume otherwise)
   run_dir.mkdir(parents=True)
@@ -43,7 +44,7 @@ def train_synthetic(out: pathlib.Path, seconds: float, seed: int, console: Conso
   train_idx, held = evaluation.split_scenes(metas, s["held_out_fraction"], seed)
   agent = train_cmd.make_agent(NET, PRESET)
   env_cfg = train_cmd.train_env_config("all")
-  cfg = bench_learn.ppo_config(s, env_cfg)
+  cfg = recipes.synthetic_ppo(s, env_cfg)
   meta = {"net": NET, "preset": PRESET, "agents": "all", "algo": "ppo", "pretrain": None, "source": source,
           "caps": {k: getattr(caps, k) for k in ("max_objects", "max_road_points", "max_tl_lanes", "num_timesteps",
                                                  "init_step")}}

@@ -101,15 +101,11 @@ def train_env_config(agents: str, at_goal: str = "stop"):
 
 def fused_config(args, algo: str, env_cfg, **hyper):
   """FusedConfig from the flags (lr, lr_decay_iters, epochs, minibatches, scenes_per_iter, bc_dagger) for the
-  registry's `algo`; `hyper`: more shared.algos.api.Hyper fields (e.g. clip_eps, ref_kl_coef)."""
-  from shared.algos import api, fused, registry
+  registry's `algo` (shared.training.recipes.fused_config); `hyper`: more api.Hyper fields (e.g. ref_kl_coef)."""
+  from shared.training import recipes
 
-  algorithm = registry.get(algo)
-  # lr_decay_iters > 0: the step size decays (half cosine, to 0) over that many iterations' gradient steps
-  h = api.Hyper(learning_rate=args.lr, lr_decay_steps=args.lr_decay_iters * args.epochs * args.minibatches,
-                num_epochs=args.epochs, num_minibatches=args.minibatches, **hyper)
-  return fused.FusedConfig(env=env_cfg, algo=algo, num_scenes=args.scenes_per_iter, learner=algorithm.configure(h),
-                           dagger=args.bc_dagger if algorithm.acting == "expert" else 0.0)
+  return recipes.fused_config(algo, env_cfg, args.scenes_per_iter, args.lr, args.lr_decay_iters, args.epochs,
+                              args.minibatches, args.bc_dagger, **hyper)
 
 
 def evaluate_and_report(agent, params, scenarios, metas, env_cfg, scene_cfg, run_dir: str, source: dict,

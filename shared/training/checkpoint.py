@@ -198,5 +198,5 @@ def policy_params_from(where: str, template: Any, phase: str = "bc") -> tuple[An
   return params, found[-1][1], version
 
 
-__all__ = ["checkpoint_path", "latest_version", "list_checkpoints", "policy_params_from", "write_json", "read_extra", "read_raw", "restore",
-           "restore_latest", "save"]
+__all__ = ["checkpoint_path", "latest_version", "list_checkpoints", "policy_params_from", "read_extra", "read_raw",
+           "restore", "restore_latest", "save", "write_json"]

@@ -65,7 +65,7 @@ def test_seed_spread_and_its_panel(tmp_path, monkeypatch):
 
 
 def test_eval_due_by_iterations_and_by_agent_steps():
-  from services.cli.bench_learn import eval_due
+  from shared.training.recipes import eval_due
 
   # by iterations: the first, then every 3rd after it
   assert [eval_due(it, 0, 0, 3, 0)[0] for it in range(1, 8)] == [True, False, False, True, False, False, True]
