@@ -79,7 +79,7 @@ def register(subparsers) -> None:
                        "the --duration clock")
   from shared.algos import registry
 
-  up.add_argument("--algo", choices=registry.names(), default="",
+  up.add_argument("--algo", type=registry.check, default="",
                   help="the learner's algorithm (default: DRIVELAB_ALGO, else ppo); bc clones the logged experts")
   up.add_argument("--init-from", default="",
                   help="start the learner from the newest checkpoint of a BC run (its run dir or checkpoints/bc)")

@@ -34,7 +34,8 @@ def register(subparsers) -> None:
   p = subparsers.add_parser("train", help="train a driving policy (fused single-process path)")
   from shared.algos import registry
 
-  p.add_argument("--algo", choices=registry.names(), default="ppo")
+  p.add_argument("--algo", type=registry.check, default="ppo",
+                 help=f"a registered algorithm ({', '.join(registry.names())}) or a plug-in module:ATTRIBUTE")
   p.add_argument("--pretrain", choices=("bc",), default=None, help="pretrain policy and value by BC first")
   p.add_argument("--scenes", default="synthetic", help="'synthetic', 'synthetic:N', a folder or a scene file")
   p.add_argument("--num", type=int, default=None, help="scenes to use (synthetic: how many; default 16)")

@@ -2,9 +2,11 @@
 
   algo = registry.get("bc")            # imports shared.algos.bc_update on first use, returns its ALGORITHM
   registry.names()                     # ("bc", "ppo", ...) for argument choices
-  registry.register(my_algorithm)      # a bundle defined elsewhere (a plug-in, a test), for this process
+  registry.register(my_algorithm)      # a bundle defined elsewhere (a test), for this process
+  registry.get("mypkg.algos:REINFORCE")   # a plug-in: "module:attribute" names an api.Algorithm anywhere importable
 
-A built-in is a module holding `ALGORITHM`; adding one is that module and one line in BUILTIN.
+A built-in is a module holding `ALGORITHM`; adding one is that module and one line in BUILTIN. A plug-in needs no
+edit here: "module:attribute" works wherever a name does (`--algo`, DRIVELAB_ALGO), in every process of a stack.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str) -> api.Algorithm:
-  """The bundle registered as `name`; ValueError naming the choices otherwise."""
+  """The bundle registered as `name` (or the plug-in "module:attribute"); ValueError naming the choices otherwise."""
   if name in _registered:
     return _registered[name]
+  if ":" in name:
+    return _plugin(name)
   if name not in BUILTIN:
     raise ValueError(f"unknown algorithm {name!r}: choose one of {names()}")
   algorithm = importlib.import_module(BUILTIN[name]).ALGORITHM
@@ -48,4 +52,28 @@ def get(name: str) -> api.Algorithm:
   return algorithm
 
 
-__all__ = ["BUILTIN", "get", "names", "register", "unregister"]
+def _plugin(name: str) -> api.Algorithm:
+  module, _, attr = name.partition(":")
+  try:
+    algorithm = getattr(importlib.import_module(module), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"algorithm plug-in {name!r} cannot be loaded: {e}") from None
+  if not isinstance(algorithm, api.Algorithm):
+    raise ValueError(f"algorithm plug-in {name!r} is a {type(algorithm).__name__}, not an api.Algorithm")
+  return algorithm
+
+
+def check(name: str) -> str:
+  """`name` if the registry knows it, or "" (the caller's default): an argparse `type`, which turns the error into
+  one usage line."""
+  import argparse
+
+  try:
+    if name:
+      get(name)
+    return name
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
+__all__ = ["BUILTIN", "check", "get", "names", "register", "unregister"]
