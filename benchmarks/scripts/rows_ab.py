@@ -9,7 +9,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax
 from services.cli import bench_learn as bl, train_cmd
 from shared import evaluation
-from shared.algos import fused, rows as rows_lib
+from shared.algos import fused
+from shared.sim import rows as rows_lib
 from shared.scenes import types
 from shared.training import recipes
 s = recipes.settings(True)

@@ -17,11 +17,13 @@ import os
 import time
 from typing import Any, Sequence
 
+import jax
+
 
 from services.common import runtime, scenario_codec
 from shared.acting import policy_net
 from services.evaluator import config as config_lib
-from shared.acting import engine as engine_lib
+from shared import evaluation
 from shared.sim import episode
 from shared.wire import flow, transport
 
@@ -51,12 +53,25 @@ def flatten(summary: dict) -> dict[str, float]:
   return out
 
 
-class Evaluator:
-  """Thin shell: decode scenes, engine.evaluate, encode the report."""
+class Scorer:
+  """The stack's policy network, scored greedily by shared.evaluation (done signals off) on a batch of scenes."""
 
-  def __init__(self, cfg: config_lib.EvaluatorConfig, rt: runtime.Runtime, links: Links, engine):
-    self.cfg, self.rt, self.links, self.engine = cfg, rt, links, engine
-    self.params, self.params_version = engine.policy.acting_params(None)  # version 0 until the learner's arrive
+  def __init__(self, env_cfg, policy: policy_net.PolicyNet, seed: int = 0):
+    self.env_cfg, self.policy, self.rng = env_cfg, policy, jax.random.PRNGKey(seed)
+
+  def evaluate(self, params, scenario) -> dict:
+    """Per-agent episode metrics {field: (S, O)} of `params` (flat) on a Scenario batch (numpy, leading S)."""
+    self.rng, key = jax.random.split(self.rng)
+    out = evaluation.evaluate(self.policy.greedy_policy(), params, scenario, self.env_cfg, key)
+    return evaluation.episode_fields(out.per_agent)
+
+
+class Evaluator:
+  """Thin shell: decode scenes, score them (Scorer), encode the report."""
+
+  def __init__(self, cfg: config_lib.EvaluatorConfig, rt: runtime.Runtime, links: Links, scorer: Scorer):
+    self.cfg, self.rt, self.links, self.scorer = cfg, rt, links, scorer
+    self.params, self.params_version = scorer.policy.acting_params(None)  # version 0 until the learner's arrive
     self._last_eval = time.monotonic()
     self._last_version = 0
     self.reports = 0
@@ -64,15 +79,15 @@ class Evaluator:
   def _poll_params(self) -> None:
     got = runtime.take_params(self.links.params, self.rt.metrics)
     if got is not None:
-      self.params, self.params_version = self.engine.policy.acting_params(*got)
+      self.params, self.params_version = self.scorer.policy.acting_params(*got)
 
   def _evaluate(self) -> dict | None:
     msg = self.links.scenes.recv(0.5)
     if msg is None:
       return None
-    self.engine.load(scenario_codec.arrays_to_scenario(msg.arrays))
+    scenario = scenario_codec.arrays_to_scenario(msg.arrays)
     with self.rt.metrics.time("evaluate"):
-      return episode.summarize(self.engine.evaluate(self.params))
+      return episode.summarize(self.scorer.evaluate(self.params, scenario))
 
   def _report(self, summary: dict) -> None:
     split, metrics = self.cfg.split, flatten(summary)
@@ -116,7 +131,7 @@ class Evaluator:
       link.close()
 
 
-def bootstrap(cfg: config_lib.EvaluatorConfig, rt: runtime.Runtime, engine=None) -> Evaluator:
+def bootstrap(cfg: config_lib.EvaluatorConfig, rt: runtime.Runtime, scorer: Scorer | None = None) -> Evaluator:
   client = rt.curve(bind=False)  # CURVE keys, or None when curve_dir is unset
   c, m = rt.common, rt.metrics
   links = Links(
@@ -125,17 +140,17 @@ def bootstrap(cfg: config_lib.EvaluatorConfig, rt: runtime.Runtime, engine=None)
       reports=flow.CreditProducer(rt.ctx, runtime.endpoint(c, "eval"), bind=False, producer_id=rt.producer_id,
                                   epoch=rt.epoch, metrics=m, curve=client))
   links.scenes.tracker = transport.SequenceTracker()  # behind the broker: gaps are counted at the broker
-  return Evaluator(cfg, rt, links, engine if engine is not None else make_engine(cfg, c))
+  return Evaluator(cfg, rt, links, scorer if scorer is not None else make_scorer(cfg, c))
 
 
-def make_engine(cfg: config_lib.EvaluatorConfig, common: runtime.CommonConfig | None = None) -> engine_lib.Engine:
-  """The simulator engine with done signals off (evaluation), greedy actions of the stack's policy network."""
+def make_scorer(cfg: config_lib.EvaluatorConfig, common: runtime.CommonConfig | None = None) -> Scorer:
+  """Greedy actions of the stack's policy network, done signals off (shared.evaluation switches them off)."""
   from shared.sim import env
 
   env_cfg = env.EnvConfig(max_controlled=cfg.max_controlled, control_mode=cfg.control_mode,
                           done_on_collision=False, done_on_offroad=False)
   pn = policy_net.from_common(common if common is not None else runtime.CommonConfig(), env_cfg)
-  return engine_lib.Engine(env_cfg, unroll_length=1, seed=cfg.seed, greedy=True, policy=pn)
+  return Scorer(env_cfg, pn, cfg.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,13 +33,15 @@ def warmup() -> None:
   batch = types.stack(scenarios)
   env_cfg = sim_service.env_config(cfg)
   policy = policy_net.from_common(common, env_cfg)
-  engines = (engine_lib.Engine(env_cfg, cfg.unroll_length, seed=cfg.seed, policy=policy),
-             evaluator_service.make_engine(evaluator_config.load([])[0], common))
-  for engine, run in zip(engines, (engine_lib.Engine.collect, engine_lib.Engine.evaluate)):
-    t0 = time.monotonic()
-    engine.load(batch)
-    run(engine, engine.policy.init_flat())
-    log.info("event=warmup what=%s compiled_s=%.1f", run.__name__, time.monotonic() - t0)
+  t0 = time.monotonic()
+  engine = engine_lib.Engine(env_cfg, cfg.unroll_length, seed=cfg.seed, policy=policy)
+  engine.load(batch)
+  engine.collect(policy.init_flat())
+  log.info("event=warmup what=collect compiled_s=%.1f", time.monotonic() - t0)
+  t0 = time.monotonic()
+  scorer = evaluator_service.make_scorer(evaluator_config.load([])[0], common)
+  scorer.evaluate(scorer.policy.init_flat(), batch)
+  log.info("event=warmup what=evaluate compiled_s=%.1f", time.monotonic() - t0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,2 +1,3 @@
-"""Acting: the policy network bundle every process builds (`policy_net`) and the batched simulator that acts with
-it (`engine`). Used by the simulator, evaluator and scene loader services, the learner and the benchmarks."""
+"""Acting: the policy network bundle every process builds (`policy_net`), the one collect loop (`loop`) and the
+batched simulator that acts with it (`engine`). Used by the simulator, evaluator and scene loader services, the fused
+trainer, the learner and the benchmarks."""

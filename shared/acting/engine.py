@@ -1,16 +1,18 @@
 """The simulator's device side: a batch of scenes held in a SimState, stepped by jitted shared.sim.env functions.
 
-The scene loader also uses it for expert trajectories (`expert`), the evaluator for greedy episodes (`evaluate`).
-Two ways to act (DESIGN.md "Data flow"):
-  fused   `collect(params, num_steps)`: the policy runs inside one jitted `lax.scan` over env.step_batch.
-  service `features()` -> ask the inference service -> `step(actions)`: one jitted env step per round trip.
+The scene loader also uses it for expert trajectories (`expert`). Two ways to act:
+  fused   `collect(params)`: the policy runs inside one jitted shared.acting.loop.run (the `lax.scan` over
+          env.step_batch that the fused trainer and shared.evaluation run too).
+  service `feat` -> ask the inference service -> `step(actions)`: one jitted env step per round trip.
+`expert` runs the same loop with the grid expert acting (labels valid where loop.label_ok). Greedy evaluation is
+shared.evaluation's (the evaluator service calls it with `PolicyNet.greedy_policy()`).
 
 The policy is shared.acting.policy_net's PolicyNet (the project's Agent over flat features); params are its
 flat "/"-keyed dict (the Params message's arrays).
 
 Shapes (S scenes, O objects, M acting rows per scene, F features, T steps; B = S * M agents, flattened
 scene-major). The policy acts on, and records carry, the M rows of each scene's controlled objects only
-(shared.algos.rows: 1 for the self-driving car alone, else min(max_controlled, O)), not all O object slots; a
+(shared.sim.rows: 1 for the self-driving car alone, else min(max_controlled, O)), not all O object slots; a
 row without a controlled object is zero and never valid.
   features: (B, F) float32 = every Observation leaf of an agent flattened and concatenated, in field order
     (`shared.nets.inputs.unflatten` with the PolicyNet's layout reads them back).
@@ -31,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shared.acting import policy_net
-from shared.algos import rows as rows_lib
+from shared.acting import loop, policy_net
+from shared.sim import rows as rows_lib
 from shared.scenes import types
 from shared.sim import actions as actions_lib
-from shared.sim import env, episode, inverse, rollout
+from shared.sim import env, rollout
 from shared.wire import arena as arena_lib
 
 Record = dict[str, Any]
@@ -77,20 +79,10 @@ def _record(feat, acting, action, log_prob, value, out, rows: rows_lib.Rows) -> 
           "valid": acting}
 
 
-def _label_ok(state, rows: rows_lib.Rows) -> jax.Array:
-  """(S * M,) bool: the log holds the agent at t and t + 1, so its expert action is a demonstration."""
-  def one(s):
-    o = s.scenario.objects
-    last = o.x.shape[-1] - 1
-    ok = inverse.log_target(o, jnp.minimum(s.t + 1, last))[3] & (s.t < last)
-    return ok & jnp.take(o.valid, s.t, axis=-1)
-  return _flat(rows, jax.vmap(one)(state))
-
-
 def _reset_and_observe(scenario, rng, cfg: env.EnvConfig):
   state = env.reset_batch(scenario, rng, cfg)
   rows = rows_lib.env_rows(state.controlled, cfg)
-  return state, row_features(rows, jax.vmap(lambda x: env.observe(x, cfg))(state)), rows
+  return state, row_features(rows, loop.observe(cfg, state)), rows
 
 
 def _make_reset(cfg: env.EnvConfig) -> Callable:
@@ -109,17 +101,15 @@ def make_collect(cfg: env.EnvConfig, num_steps: int, greedy: bool, pn: policy_ne
 
   @jax.jit
   def collect(params, state, feat, rows, rng):
-    def body(carry, _):
-      state, feat, rng = carry
-      rng, key = jax.random.split(rng)
+    def act(state, feat, key):
       action, log_prob, value = pn.select_action(params, feat, key, greedy)
-      acting = _acting(state, rows)
-      nxt, out = env.step_batch(state, _to_objects(rows, action), cfg)
-      nfeat = row_features(rows, out.obs)
-      return (nxt, nfeat, rng), _record(feat, acting, action, log_prob, value, out, rows)
+      return _to_objects(rows, action), (action, log_prob, value)
 
-    (state, feat, rng), rec = jax.lax.scan(body, (state, feat, rng), None, length=num_steps)
-    return state, feat, rec
+    def record(state, feat, extras, out):
+      return _record(feat, _acting(state, rows), *extras, out, rows)
+
+    keys = loop.key_chain(rng, num_steps)
+    return loop.run(cfg, act, state, feat, keys, record, functools.partial(row_features, rows))
 
   return collect
 
@@ -138,24 +128,25 @@ def make_step(cfg: env.EnvConfig) -> Callable:
 
 
 def make_expert(cfg: env.EnvConfig, num_steps: int) -> Callable:
-  """jitted closed-loop grid expert (shared.sim.rollout.grid_expert) (state, feat, rng) -> records with a leading
-  T axis: obs (T, B, F), action (T, B) int32 (the grid action the expert took), reward, done, terminated, valid
-  (T, B) (see the module docstring)."""
-  act = rollout.grid_expert(cfg)
+  """jitted closed-loop grid expert (shared.sim.rollout.grid_expert) (state, feat, rows, rng) -> records with a
+  leading T axis: obs (T, B, F), action (T, B) int32 (the grid action the expert took), reward, done, terminated,
+  valid (T, B) (see the module docstring)."""
+  expert_act = rollout.grid_expert(cfg)
 
   @jax.jit
   def expert(state, feat, rows, rng):
-    def body(carry, _):
-      state, feat = carry
-      action = jax.vmap(lambda s: act(s, None, rng))(state)
+    def act(state, feat, key):
+      action = jax.vmap(lambda s: expert_act(s, None, key))(state)
+      return action, action
+
+    def record(state, feat, action, out):
       acting = _acting(state, rows)
-      nxt, out = env.step_batch(state, action, cfg)
       rec = _record(feat, acting, _flat(rows, action).astype(jnp.int32), None, None, out, rows)
       rec = {k: v for k, v in rec.items() if v is not None}
-      return (nxt, row_features(rows, out.obs)), dict(rec, valid=acting & _label_ok(state, rows))
+      return dict(rec, valid=acting & _flat(rows, jax.vmap(loop.label_ok)(state)))
 
-    _, rec = jax.lax.scan(body, (state, feat), None, length=num_steps)
-    return rec
+    keys = loop.key_chain(rng, num_steps)
+    return loop.run(cfg, act, state, feat, keys, record, functools.partial(row_features, rows))[2]
 
   return expert
 
@@ -167,7 +158,7 @@ class Engine:
     cfg: the EnvConfig.
     state: batched SimState (None before `load`).
     feat: (B, F) features of the current state's acting rows.
-    rows: shared.algos.rows.Rows of the loaded batch (which object each row is).
+    rows: shared.sim.rows.Rows of the loaded batch (which object each row is).
   """
 
   def __init__(self, cfg: env.EnvConfig, unroll_length: int, seed: int = 0, greedy: bool = False,
@@ -203,13 +194,6 @@ class Engine:
     self.state, self.feat, rec = self._collect(params, self.state, self.feat, self.rows, key)
     return jax.tree.map(np.asarray, rec)
 
-  def evaluate(self, params):
-    """Greedy rollout to the end of the log from a freshly loaded batch: EpisodeMetrics (S, O) (numpy)."""
-    steps = int(self.state.scenario.objects.x.shape[-1] - 1 - int(self.state.t[0]))
-    self.rng, key = jax.random.split(self.rng)
-    evaluate = _cached(make_evaluate, self.cfg, steps, self.policy)
-    return jax.tree.map(np.asarray, evaluate(params, self.state, self.feat, self.rows, key))
-
   def expert(self) -> dict[str, np.ndarray]:
     """The logged behaviour as grid actions with observations, from a freshly loaded batch to the log's end."""
     steps = int(self.state.scenario.objects.x.shape[-1] - 1 - int(self.state.t[0]))
@@ -231,27 +215,3 @@ def stack_records(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]
   """Per-step records (B, ...) -> (T, B, ...), stacked into one wire arena (shared.wire.arena): the copy np.stack
   would make anyway, after which the whole Trajectory goes out as one zero-copy frame."""
   return dict(arena_lib.Arena.stack(records).arrays)
-
-
-def make_evaluate(cfg: env.EnvConfig, num_steps: int, pn: policy_net.PolicyNet) -> Callable:
-  """jitted greedy episode (params, state, feat, rows, rng) -> shared.sim.episode.EpisodeMetrics, (S, O) per field.
-
-  The state must be fresh from `load` (at cfg.init_step): episode metrics measure progress from there. The agents
-  scored are those controlled at the start."""
-  ep_cfg = episode.EpisodeConfig(init_step=cfg.init_step)
-
-  @jax.jit
-  def evaluate(params, state, feat, rows, rng):
-    evaluated = state.controlled
-
-    def body(carry, _):
-      state, feat = carry
-      action, _, _ = pn.select_action(params, feat, rng, True)
-      nxt, out = env.step_batch(state, _to_objects(rows, action), cfg)
-      return (nxt, row_features(rows, out.obs)), (out.metrics, nxt.objects)
-
-    _, (metrics, objects) = jax.lax.scan(body, (state, feat), None, length=num_steps)
-    per_scene = lambda m, o, e, s: episode.episode_metrics(m, o, e, s, ep_cfg)
-    return jax.vmap(per_scene, in_axes=(1, 1, 0, 0))(metrics, objects, evaluated, state.scenario)
-
-  return evaluate

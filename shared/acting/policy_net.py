@@ -125,12 +125,25 @@ class PolicyNet:
   def net_input(self, feat: jax.Array) -> inputs.NetInput:
     return inputs.unflatten(feat, self.layout)
 
+  def greedy_policy(self):
+    """This network as a shared.evaluation Policy: greedy actions on the acting rows from flat params (one object
+    per PolicyNet, so repeated evaluations reuse one compile)."""
+    return _greedy_policy(self)
+
   def select_action(self, flat_params: dict, feat: jax.Array, rng: jax.Array, greedy: bool = False
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """feat (..., F) -> grid action (...) int32, log_prob (...), value (...); sampled, or the mode (`greedy`,
     static under jit)."""
     step = self.agent.select_action(from_flat(flat_params), self.net_input(feat), rng, greedy)
     return step.action.astype(jnp.int32), step.logp, step.value
+
+
+@functools.lru_cache(maxsize=16)
+def _greedy_policy(pn: PolicyNet):
+  from shared import evaluation
+
+  act = lambda flat, obs, rng: pn.agent.select_action(from_flat(flat), obs, rng, True).action.astype(jnp.int32)
+  return evaluation.from_policy_fn(act, name=f"{pn.net}/{pn.preset}", on_rows=True)
 
 
 @functools.lru_cache(maxsize=16)

@@ -3,8 +3,8 @@
 Modules: `gae` (GAE, episode discounts), `vtrace` (IMPALA V-trace), `ppo` (targets and the clipped loss), `bc`
 (policy and value cloning, discounted returns), `training` (TrainingState, optimizer, jitted update steps),
 `distributed` (the same updates over a device mesh), `api` / `registry` (the algorithm interface and the names),
-`ppo_update` / `bc_update` (the PPO and BC bundles), `agent` (the acting bundle over the grid), `rows` (acting rows),
-`fused` (collect + update in one jitted iteration).
+`ppo_update` / `bc_update` (the PPO and BC bundles), `agent` (the acting bundle over the grid), `fused` (collect +
+update in one jitted iteration).
 """
 
 from shared.algos import bc, gae, ppo, training, vtrace

@@ -13,7 +13,7 @@ A bundle acting "policy" (PPO): actions sampled from the current params. Acting 
 expert of the log (`rollout.grid_expert`) drives, and its grid actions with the rewards of that replay are the
 labels; with `dagger` > 0 the policy itself drives some steps and the expert only labels them (DAgger-style).
 The update is exactly the learner service's: the bundle's `make_update`, fed by its `from_rollout`.
-Shapes: B scenes, O objects, T steps, M acting rows per scene (shared.algos.rows: the controlled objects, 1 for
+Shapes: B scenes, O objects, T steps, M acting rows per scene (shared.sim.rows: the controlled objects, 1 for
 the self-driving car alone, else min(max_controlled, O)); the policy runs on, and the update learns from, the M
 rows only: recorded arrays are (T, B, M, ...), observations (T + 1, B, M, ...); episode flags stay (B, O).
 `run` is the Python driver around it: a per-iteration callback (history lines, checkpoints, periodic evaluation live
@@ -29,10 +29,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from shared.algos import api, registry, rows as rows_lib
+from shared.acting import loop
+from shared.algos import api, registry
 from shared.algos.agent import Agent, as_net_input
 from shared.scenes import types
-from shared.sim import env, inverse, rollout
+from shared.sim import env, rollout, rows as rows_lib
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -48,10 +49,10 @@ class FusedConfig:
     num_scenes: B, scenes simulated per iteration.
     num_steps: steps per iteration (None: from init_step to the end of the log).
     learner: the algorithm's config (its bundle's `config_type`); None: the bundle's default.
-    dagger: an algorithm acting "expert" only: the probability that, at each step, an acting agent's own policy (sampled) drives instead of
-      the grid expert (DAgger-style data aggregation). Every visited state is still labelled with the grid
-      expert's action for it (the expert tracks the log from wherever the car is), so the demonstrations cover
-      the states the policy drifts into. 0: the expert alone drives (plain BC).
+    dagger: an algorithm acting "expert" only: the probability that, at each step, an acting agent's own policy
+      (sampled) drives instead of the grid expert (DAgger-style data aggregation). Every visited state is still
+      labelled with the grid expert's action for it (the expert tracks the log from wherever the car is), so the
+      demonstrations cover the states the policy drifts into. 0: the expert alone drives (plain BC).
     dagger_ramp_iters: the policy's share grows linearly from 0 to `dagger` over this many iterations (0: at once),
       so the first, untrained policies do not fill the demonstrations with states far off the log.
   """
@@ -115,35 +116,27 @@ class Collected:
 
 
 def _expert_act(agent: Agent, cfg: env.EnvConfig):
-  """Per-scene grid expert returning (grid action, label valid): the log is logged at t and t+1."""
+  """Per-scene grid expert returning (grid action, label valid: shared.acting.loop.label_ok)."""
   expert = rollout.grid_expert(cfg)
-
-  def act(state, key):
-    o = state.scenario.objects
-    t1 = jnp.minimum(state.t + 1, o.x.shape[-1] - 1)
-    ok = inverse.log_target(o, t1)[3] & (state.t + 1 < o.x.shape[-1]) & jnp.take(o.valid, state.t, axis=-1)
-    return expert(state, None, key), ok
-
-  return act
+  return lambda state, key: (expert(state, None, key), loop.label_ok(state))
 
 
 def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, rng: Array, expert: bool,
             dagger: float | Array = 0.0) -> Collected:
-  """Resets B scenes and rolls them `num_steps` steps under the policy (sampled) or the grid expert. With `expert`
-  and `dagger` (a Python float > 0, or a traced probability) each acting agent's sampled policy action drives with
-  probability `dagger` at each step, and the recorded actions (factors, label_ok) are still the grid expert's for
-  the visited states."""
+  """Resets B scenes and rolls them `num_steps` steps (shared.acting.loop.run) under the policy (sampled) or the
+  grid expert. With `expert` and `dagger` (a Python float > 0, or a traced probability) each acting agent's sampled
+  policy action drives with probability `dagger` at each step, and the recorded actions (factors, label_ok) are
+  still the grid expert's for the visited states."""
   mix = not isinstance(dagger, (int, float)) or dagger > 0
   ecfg = cfg.env
   k_reset, k_roll = jax.random.split(rng)
   state = env.reset_batch(scenarios, k_reset, ecfg)
   rows = rows_lib.env_rows(state.controlled, ecfg)
-  obs0 = rows.gather(as_net_input(jax.vmap(lambda s: env.observe(s, ecfg))(state)))
+  view = lambda o: rows.gather(as_net_input(o))
   num_steps = cfg.steps_for(scenarios.objects.x.shape[-1])
   expert_act = _expert_act(agent, ecfg)
 
-  def body(carry, key):
-    s, obs = carry
+  def act(s, obs, key):
     if expert:
       if mix:
         key, k_policy, k_mix = jax.random.split(key, 3)
@@ -157,15 +150,18 @@ def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, r
       a = agent.select_action(params, obs, key)
       grid, factors, logp, value, ok = a.action, a.factors, a.logp, a.value, jnp.ones(a.action.shape, bool)
       grid_o = rows.scatter(grid)
-    acting_o = s.controlled & ~s.done
-    s2, out = env.step_batch(s, grid_o, ecfg)
-    acting, reward, done, truncated = rows.gather((acting_o, out.reward, out.done, out.truncated))
-    rec = dict(obs=obs, factors=factors, logp=logp, value=value, reward=reward, terminated=done & acting,
-               truncated=truncated & acting, acting=acting, label_ok=ok & acting,
-               overlap=out.metrics.overlap & acting_o, offroad=out.metrics.offroad & acting_o)
-    return (s2, rows.gather(as_net_input(out.obs))), rec
+    return grid_o, (factors, logp, value, ok)
 
-  (final, obs_last), rec = jax.lax.scan(body, (state, obs0), jax.random.split(k_roll, num_steps))
+  def record(s, obs, extras, out):
+    factors, logp, value, ok = extras
+    acting_o = s.controlled & ~s.done
+    acting, reward, done, truncated = rows.gather((acting_o, out.reward, out.done, out.truncated))
+    return dict(obs=obs, factors=factors, logp=logp, value=value, reward=reward, terminated=done & acting,
+                truncated=truncated & acting, acting=acting, label_ok=ok & acting,
+                overlap=out.metrics.overlap & acting_o, offroad=out.metrics.offroad & acting_o)
+
+  keys = jax.random.split(k_roll, num_steps)
+  final, obs_last, rec = loop.run(ecfg, act, state, view(loop.observe(ecfg, state)), keys, record, view)
   obs = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), rec.pop("obs"), obs_last)
   overlap, offroad = jnp.any(rec.pop("overlap"), 0), jnp.any(rec.pop("offroad"), 0)
   return Collected(obs=obs, controlled0=state.controlled, final=final, overlap=overlap, offroad=offroad, **rec)

@@ -13,6 +13,9 @@ cap and GPUDrive's expert marks do not apply); every other policy scores the obj
 The cheap BASELINES share one compiled evaluation (a `lax.switch` on a traced policy index), so the reference row
 and the simple baselines cost one compile per scene shape; the experts compile on their own (the grid expert's
 search over every grid action triples the compile time of the env alone).
+Every policy runs in shared.acting.loop.run, the collect loop the simulator and the fused trainer run: its act
+functions are per scene, vmapped with one key per scene split from the step's key (loop.key_chain) and the scene's
+`aux`.
 Shapes: Trajectories are (B, O, T) with the logged history before init_step and the rollout after it.
 """
 
@@ -28,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shared.algos import rows as rows_lib
+from shared.acting import loop
+from shared.sim import rows as rows_lib
 from shared.scenes import types
 from shared.sim import actions as actions_lib
 from shared.sim import env, episode, inverse, rollout
@@ -49,7 +53,7 @@ class Policy:
     aux_fn: optional per-scene precomputation (scenario -> pytree) handed to the act function as `aux`.
     baseline: index into BASELINES (with make_act None).
     on_rows: the act function sees the controlled objects' observation rows only, (M, ...) with M from the env
-      (shared.algos.rows), and returns their M actions: a per-agent network then runs on M rows, not all O
+      (shared.sim.rows), and returns their M actions: a per-agent network then runs on M rows, not all O
       object slots (1 instead of 128 for the self-driving car alone in a real scene).
   """
 
@@ -154,10 +158,14 @@ def _evaluate(policy: Policy, params, scenarios, cfg: env.EnvConfig, ep_cfg: epi
   evaluated = jax.vmap(lambda sc, c: evaluated_mask(sc, c, follows_log, cfg))(scenarios, state.controlled)
   state = state.replace(controlled=state.controlled & jnp.logical_not(follows_log))
   aux = None if policy.aux_fn is None else jax.vmap(policy.aux_fn)(scenarios)
-  _, outs = rollout.rollout_act_batch(act, state, num_steps, cfg, k_roll, aux)
+  per_scene = jax.vmap(act, in_axes=(0, 0, 0, None if aux is None else 0))
+  act_batch = lambda st, obs, key: (per_scene(st, obs, jax.random.split(key, st.t.shape[0]), aux), None)
+  record = lambda st, obs, extras, out: (out.metrics, out.objects)
+  keys = loop.key_chain(k_roll, num_steps)
+  _, _, (metrics, objects) = loop.run(cfg, act_batch, state, loop.observe(cfg, state), keys, record)
   per_agent = jax.vmap(lambda m, ob, ev, sc, c: episode.episode_metrics(m, ob, ev, sc, ep_cfg, c),
-                       in_axes=(1, 1, 0, 0, 0))(outs.metrics, outs.objects, evaluated, scenarios, state.controlled)
-  o, s = scenarios.objects, outs.objects
+                       in_axes=(1, 1, 0, 0, 0))(metrics, objects, evaluated, scenarios, state.controlled)
+  o, s = scenarios.objects, objects
   full = lambda log, sim: _full_trajectory(log, sim, cfg.init_step)
   return EvalOutput(per_agent=per_agent, x=full(o.x, s.x), y=full(o.y, s.y), yaw=full(o.yaw, s.yaw))
 

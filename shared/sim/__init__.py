@@ -15,6 +15,8 @@ Modules (import the module, not its names: `from shared.sim import env`):
   rollout       rollout / rollout_batch by lax.scan, the grid and continuous log-tracking experts
   episode       per-agent episode metrics and their all / moving / parked summaries
   prefetch      Prefetcher: double-buffered device prefetch of scene batches
+  road_index    the per-scene road-point index and each object's road candidates
+  rows          Rows: the M controlled objects of each scene (acting rows) and back to the O object slots
 Modules load on first access, so importing one part never pulls in (or fails on) the others.
 """
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import importlib
 
 _MODULES = ("actions", "control", "datatypes", "dynamics", "env", "episode", "geometry", "inverse", "log_path",
-            "metrics", "observations", "prefetch", "rewards", "road_index", "rollout")
+            "metrics", "observations", "prefetch", "rewards", "road_index", "rollout", "rows")
 
 
 def __getattr__(name: str):

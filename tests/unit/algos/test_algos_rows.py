@@ -1,11 +1,11 @@
-"""shared.algos.rows: the controlled objects' rows, and the fused path's collect on them."""
+"""shared.sim.rows: the controlled objects' rows, and the fused path's collect on them."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shared.algos import rows as rows_lib
+from shared.sim import rows as rows_lib
 
 
 def test_gather_scatter_round_trip_and_zero_elsewhere():
