@@ -1,7 +1,7 @@
 """The simulator's device side: a batch of scenes held in a SimState, stepped by jitted shared.sim.env functions.
 
 The scene loader also uses it for expert trajectories (`expert`). Two ways to act:
-  fused   `collect(params)`: the policy runs inside one jitted shared.acting.loop.run (the `lax.scan` over
+  fused   `collect(params)`: the policy runs inside one jitted shared.sim.loop.run (the `lax.scan` over
           env.step_batch that the fused trainer and shared.evaluation run too).
   service `feat` -> ask the inference service -> `step(actions)`: one jitted env step per round trip.
 `expert` runs the same loop with the grid expert acting (labels valid where loop.label_ok). Greedy evaluation is
@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shared.acting import loop, policy_net
-from shared.sim import rows as rows_lib
+from shared.acting import policy_net
 from shared.scenes import types
 from shared.sim import actions as actions_lib
-from shared.sim import env, rollout
+from shared.sim import env, loop, rollout
+from shared.sim import rows as rows_lib
 from shared.wire import arena as arena_lib
 
 Record = dict[str, Any]

@@ -29,11 +29,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from shared.acting import loop
 from shared.algos import api, registry
 from shared.algos.agent import Agent, as_net_input
 from shared.scenes import types
-from shared.sim import env, rollout, rows as rows_lib
+from shared.sim import env, loop, rollout
+from shared.sim import rows as rows_lib
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -116,14 +116,14 @@ class Collected:
 
 
 def _expert_act(agent: Agent, cfg: env.EnvConfig):
-  """Per-scene grid expert returning (grid action, label valid: shared.acting.loop.label_ok)."""
+  """Per-scene grid expert returning (grid action, label valid: shared.sim.loop.label_ok)."""
   expert = rollout.grid_expert(cfg)
   return lambda state, key: (expert(state, None, key), loop.label_ok(state))
 
 
 def collect(agent: Agent, cfg: FusedConfig, params, scenarios: types.Scenario, rng: Array, expert: bool,
             dagger: float | Array = 0.0) -> Collected:
-  """Resets B scenes and rolls them `num_steps` steps (shared.acting.loop.run) under the policy (sampled) or the
+  """Resets B scenes and rolls them `num_steps` steps (shared.sim.loop.run) under the policy (sampled) or the
   grid expert. With `expert` and `dagger` (a Python float > 0, or a traced probability) each acting agent's sampled
   policy action drives with probability `dagger` at each step, and the recorded actions (factors, label_ok) are
   still the grid expert's for the visited states."""

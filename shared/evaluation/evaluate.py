@@ -13,7 +13,7 @@ cap and GPUDrive's expert marks do not apply); every other policy scores the obj
 The cheap BASELINES share one compiled evaluation (a `lax.switch` on a traced policy index), so the reference row
 and the simple baselines cost one compile per scene shape; the experts compile on their own (the grid expert's
 search over every grid action triples the compile time of the env alone).
-Every policy runs in shared.acting.loop.run, the collect loop the simulator and the fused trainer run: its act
+Every policy runs in shared.sim.loop.run, the collect loop the simulator and the fused trainer run: its act
 functions are per scene, vmapped with one key per scene split from the step's key (loop.key_chain) and the scene's
 `aux`.
 Shapes: Trajectories are (B, O, T) with the logged history before init_step and the rollout after it.
@@ -31,11 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shared.acting import loop
-from shared.sim import rows as rows_lib
 from shared.scenes import types
 from shared.sim import actions as actions_lib
-from shared.sim import env, episode, inverse, rollout
+from shared.sim import env, episode, inverse, loop, rollout
+from shared.sim import rows as rows_lib
 
 POLICY_NAMES = ("log", "expert-grid", "expert-continuous", "random", "constant")
 BASELINES = ("log", "random", "constant")  # cheap to compile: evaluated by one compiled function

@@ -12,7 +12,8 @@ Modules (import the module, not its names: `from shared.sim import env`):
   metrics       MetricsConfig, step_metrics: overlap, off-road, off-route, goal, progress, lights, comfort
   rewards       RewardConfig, compute_reward
   env           EnvConfig, reset / step / step_continuous and their batched versions, StepOutput
-  rollout       rollout / rollout_batch by lax.scan, the grid and continuous log-tracking experts
+  loop          run: the one collect loop (lax.scan over env.step_batch), label_ok, key_chain
+  rollout       rollout / rollout_batch over loop.run, the grid and continuous log-tracking experts
   episode       per-agent episode metrics and their all / moving / parked summaries
   prefetch      Prefetcher: double-buffered device prefetch of scene batches
   road_index    the per-scene road-point index and each object's road candidates
@@ -25,7 +26,7 @@ from __future__ import annotations
 import importlib
 
 _MODULES = ("actions", "control", "datatypes", "dynamics", "env", "episode", "geometry", "inverse", "log_path",
-            "metrics", "observations", "prefetch", "rewards", "road_index", "rollout", "rows")
+            "loop", "metrics", "observations", "prefetch", "rewards", "road_index", "rollout", "rows")
 
 
 def __getattr__(name: str):

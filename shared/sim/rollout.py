@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from shared.sim import env, inverse
+from shared.sim import env, inverse, loop
 from shared.sim.datatypes import SimState
 from shared.sim.inverse import ExpertActions
 
@@ -26,43 +26,25 @@ PolicyFn = Callable[[Any, Any, jax.Array], jax.Array]  # (params, obs, rng) -> a
 ActFn = Callable[[SimState, Any, jax.Array, Any], jax.Array]  # (state, obs, rng, aux) -> actions
 
 
-# The scans below carry the last observation, which the env returned for the carried state: the step scatters the
-# new observation rows into it (prev_obs of env.step_batch_continuous), in place, instead of into a fresh buffer.
-def _step_one(state, actions, cfg, obs=None):
-  return (env.step_continuous if env.is_continuous(actions) else env.step)(state, actions, cfg, obs)
-
-
-def _step_many(state, actions, cfg, obs=None):
-  return (env.step_batch_continuous if env.is_continuous(actions) else env.step_batch)(state, actions, cfg, obs)
+def rollout_act_batch(act_fn: ActFn, state: SimState, num_steps: int, cfg: env.EnvConfig, rng, aux=None):
+  """Runs `num_steps` steps of a batch of scenes (B leading axis) under a per-scene act function, vmapped (with
+  aux, if given) with one key per scene split from each step's key; returns (final state, stacked StepOutput
+  (num_steps, B, ...)). The steps are shared.sim.loop.run's."""
+  per_scene = jax.vmap(act_fn, in_axes=(0, 0, 0, None if aux is None else 0))
+  act = lambda s, obs, key: (per_scene(s, obs, jax.random.split(key, s.t.shape[0]), aux), None)
+  state, _, outs = loop.run(cfg, act, state, loop.observe(cfg, state), loop.key_chain(rng, num_steps),
+                            lambda s, obs, extras, out: out)
+  return state, outs
 
 
 def rollout_act(act_fn: ActFn, state: SimState, num_steps: int, cfg: env.EnvConfig, rng, aux=None):
-  """Runs `num_steps` steps of one scene under an act function; returns (final state, stacked StepOutput)."""
-  def body(carry, _):
-    s, obs, key = carry
-    key, sub = jax.random.split(key)
-    s, out = _step_one(s, act_fn(s, obs, sub, aux), cfg, obs)
-    return (s, out.obs, key), out
-
-  (state, _, _), outs = jax.lax.scan(body, (state, env.observe(state, cfg), rng), None, length=num_steps)
-  return state, outs
-
-
-def rollout_act_batch(act_fn: ActFn, state: SimState, num_steps: int, cfg: env.EnvConfig, rng, aux=None):
-  """rollout_act over a batch (B leading axis); act_fn is per scene and is vmapped (with aux, if given)."""
-  batch = state.t.shape[0]
-
-  def body(carry, _):
-    s, obs, key = carry
-    key, sub = jax.random.split(key)
-    keys = jax.random.split(sub, batch)
-    acts = jax.vmap(act_fn, in_axes=(0, 0, 0, None if aux is None else 0))(s, obs, keys, aux)
-    s, out = _step_many(s, acts, cfg, obs)
-    return (s, out.obs, key), out
-
-  obs0 = jax.vmap(lambda s: env.observe(s, cfg))(state)
-  (state, _, _), outs = jax.lax.scan(body, (state, obs0, rng), None, length=num_steps)
-  return state, outs
+  """rollout_act_batch for one scene (a batch of one; the act function gets each step's key itself); returns
+  (final state, stacked StepOutput (num_steps, ...))."""
+  act = lambda s, obs, key: (jax.vmap(lambda s1, o1: act_fn(s1, o1, key, aux))(s, obs), None)
+  one = jax.tree.map(lambda x: x[None], state)
+  last, _, outs = loop.run(cfg, act, one, loop.observe(cfg, one), loop.key_chain(rng, num_steps),
+                           lambda s, obs, extras, out: out)
+  return jax.tree.map(lambda x: x[0], last), jax.tree.map(lambda x: x[:, 0], outs)
 
 
 def rollout(policy_fn: PolicyFn, params, state: SimState, num_steps: int, cfg: env.EnvConfig, rng):

@@ -1,4 +1,4 @@
-"""shared.acting.loop: the one collect loop equals stepping env.step_batch by hand (act gets step k's key and the
+"""shared.sim.loop: the one collect loop equals stepping env.step_batch by hand (act gets step k's key and the
 observation the last step returned; records, final state and observation); key_chain is the `rng, key = split(rng)`
 chain; label_ok against a numpy reading of the log; the simulator's expert records are valid exactly where the row
 acts and label_ok holds.
@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shared.acting import loop
 from shared.scenes import synthetic, types
-from shared.sim import actions, env
+from shared.sim import actions, env, loop
 
 T = 22
 STEPS = T - 1 - 10

@@ -1,7 +1,7 @@
 """The one collect loop: a jit-able `lax.scan` over env.step_batch with an act function and a per-step record.
 
-The fused trainer (shared.algos.fused.collect), the simulator (shared.acting.engine: fused-mode collect, expert
-labelling for the scene loader, greedy episodes for the evaluator) and shared.evaluation all run it:
+Every rollout runs it: the fused trainer (shared.algos.fused.collect), the simulator (shared.acting.engine: fused-mode
+collect, expert labelling for the scene loader), shared.evaluation's greedy episodes and shared.sim.rollout:
 
   obs = observe(cfg, state)                                      # the env's Observation of a batch, (S, O, ...)
   keys = key_chain(rng, num_steps)                               # or jax.random.split(rng, num_steps)
@@ -15,7 +15,7 @@ What the loop carries as `obs` is `view(out.obs)` (e.g. the acting rows' feature
 Observation itself, handed back to the step as `prev_obs` so the step writes the new rows into the carried buffer in
 place (same values either way). Anything per episode (the acting rows, params, a scene's aux data) the act, record
 and view functions close over.
-The step keys are the caller's: the simulator's engine and shared.evaluation use `key_chain` (`rng, key =
+The step keys are the caller's: the simulator's engine, shared.evaluation and rollout use `key_chain` (`rng, key =
 split(rng)` at every step), the fused trainer `jax.random.split(rng, num_steps)`; each keeps its random stream.
 
 `label_ok(state)` is the one test of an expert label (shared.sim.rollout.grid_expert's action is a demonstration):
