@@ -60,7 +60,7 @@ def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int
   status = (lambda: _eval_status(state["eval"])) if evaluating else None
   ckpts = driver.Checkpoints(os.path.join(run_dir, "checkpoints", cfg.algo), checkpoint_every)
   try:
-    with progress.training_bar(total_steps, _resumed_steps(ckpts.directory), show_progress, status) as bar:
+    with progress.training_bar(total_steps, ckpts.agent_steps_done(), show_progress, status) as bar:
       hooks = driver.Hooks(on_iteration=on_iteration, eval_due=lambda it, steps: it % eval_every == 0,
                            on_eval=on_eval if evaluating else None, progress=bar)
       out = driver.train(agent, cfg, scenarios, seed, driver.Budget(agent_steps=total_steps, seconds=max_seconds),
@@ -68,14 +68,6 @@ def train_phase(agent, cfg, scenarios, total_steps: int, run_dir: str, seed: int
   finally:
     history.close()
   return out.params, out.agent_steps, out.resumed_s
-
-
-def _resumed_steps(directory: str) -> int:
-  """Agent steps of the newest checkpoint in `directory` (0 without one): where the bar starts."""
-  from shared.training import checkpoint
-
-  found = checkpoint.list_checkpoints(directory)
-  return int(checkpoint.read_extra(found[-1][1]).get("agent_steps", 0)) if found else 0
 
 
 __all__ = ["EVAL_KEYS", "eval_row", "eval_rows", "summary_row", "summary_rows", "train_phase"]

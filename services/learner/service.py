@@ -28,7 +28,6 @@ import time
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 import prometheus_client
 
 from services.common import runtime

@@ -24,6 +24,8 @@ import jax
 from shared.algos import fused
 from shared.training import checkpoint
 
+STEPS_KEY = "agent_steps"  # a checkpoint's extra: agent steps learned from when it was written
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
@@ -41,6 +43,11 @@ class Checkpoints:
 
   directory: str
   every: int
+
+  def agent_steps_done(self) -> int:
+    """Agent steps of the newest checkpoint (0 without one): where a resumed run starts (e.g. a progress bar)."""
+    found = checkpoint.list_checkpoints(self.directory)
+    return int(checkpoint.read_extra(found[-1][1]).get(STEPS_KEY, 0)) if found else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +98,7 @@ def train(agent, cfg: fused.FusedConfig, scenes, seed: int, budget: Budget, hook
     if restored is not None:
       tree, _, extra = restored
       carry = carry.replace(**jax.tree.map(jax.numpy.array, tree))
-      done_steps, resumed_s = int(extra["agent_steps"]), float(extra.get("wall_s", 0.0))
+      done_steps, resumed_s = int(extra[STEPS_KEY]), float(extra.get("wall_s", 0.0))
   t0, state = time.perf_counter(), {"eval_s": 0.0, "compile_s": None}
 
   def clock() -> Clock:
@@ -111,7 +118,7 @@ def train(agent, cfg: fused.FusedConfig, scenes, seed: int, budget: Budget, hook
             or (budget.iterations is not None and it >= budget.iterations))
     if checkpoints is not None and checkpoints.every and (it % checkpoints.every == 0 or last):
       checkpoint.save(checkpoints.directory, _template(carry), it,
-                      {"agent_steps": steps, "wall_s": resumed_s + now.elapsed})
+                      {STEPS_KEY: steps, "wall_s": resumed_s + now.elapsed})
     if hooks.on_eval is not None and (last or (hooks.eval_due is not None and hooks.eval_due(it, steps))):
       t_eval = time.perf_counter()
       keep_going = hooks.on_eval(carry.train.params, it, steps, now)
